@@ -1,0 +1,316 @@
+"""Typed configuration for every stage: pydantic models, YAML files and dotted CLI overrides.
+
+One model per stage (``ShardsConfig``, ``CaptionsConfig``, ..., ``EvalConfig``), grouped
+under :class:`Config`. Defaults are the paper's recipe (see ``paper-recipe.md``). The fully
+resolved config is saved beside every output with :func:`save_resolved`. Every user error
+(unknown key, wrong type, bad value, missing file) becomes one :class:`SynthimgError` line
+naming the key and, where the set is finite, the valid choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from synthimg.errors import SynthimgError
+
+Source = Literal["synthetic", "retrieved", "upstream"]
+Precision = Literal["fp32", "fp16", "bf16", "amp_bf16", "amp_fp16"]
+
+
+class StageConfig(BaseModel):
+    """Base for all config sections: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ShardsConfig(StageConfig):
+    """Writing WebDataset shards (``synthimg shards from-folder`` and every stage that writes shards)."""
+
+    maxcount: int = Field(1000, gt=0, description="samples per tar shard")
+    prefix: str = Field("shard", pattern=r"^[A-Za-z0-9_]+$", description="shard file prefix: PREFIX-000000.tar")
+    split: str = Field("train", description="split name recorded in _info.json (timm's wds reader)")
+    source: Source = "upstream"
+    reencode: Literal["jpg", "png", "webp"] = Field(
+        "jpg", description="format for images that are not already JPEG, PNG or WebP"
+    )
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class CaptionsConfig(StageConfig):
+    """The synthetic arm's caption stage (SynCLR-style prompting, paper Sec. 3.1)."""
+
+    method: Literal["template", "llm"] = "template"
+    per_class: int = Field(100, gt=0)
+    seed: int = 0
+    llm: str | None = Field(None, description="hub ID or local path of a causal LM")
+    llm_url: str | None = Field(None, description="OpenAI-compatible endpoint")
+    llm_backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(100, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+class GenerateConfig(StageConfig):
+    """The synthetic arm's text-to-image stage. Defaults: SD 1.5, DDIM 50 steps, eta 0, CFG 2.0."""
+
+    model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    scheduler: Literal["ddim", "dpmsolver++", "pndm", "euler", "euler_a"] = "ddim"
+    steps: int = Field(50, gt=0)
+    # The paper uses CFG 2.0; the official script's default of 9.0 is a bug.
+    cfg: float = Field(2.0, ge=0)
+    eta: float = 0.0
+    height: int = Field(512, gt=0, multiple_of=8)
+    width: int = Field(512, gt=0, multiple_of=8)
+    stored_size: int = Field(256, gt=0)
+    images_per_caption: int = Field(1, gt=0)
+    batch_size: int = Field(16, gt=0)
+    negative_prompt: str | None = None
+    seed: int = 0
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
+    compile: bool = False
+    safety_checker: bool = False
+
+
+class RetrieveConfig(StageConfig):
+    """The retrieved arm's candidate search (paper Sec. 3.2)."""
+
+    backend: Literal["knn", "local", "substring"] = "knn"
+    per_class: int = Field(1000, gt=0)
+    k_per_query: int = Field(2000, gt=0, description="the paper: 2000, ImageNet 500")
+    url: str | None = None
+    indice_name: str = "laion5B-L-14"
+    index: str | None = None
+    metadata: str | None = None
+    modality: Literal["image", "text"] = "image"
+    deduplicate: bool = True
+    use_safety_model: bool = True
+    use_violence_detector: bool = True
+    aesthetic_weight: float = 0.0
+    embedder: str = "ViT-L-14"
+    embedder_pretrained: str | None = "openai"
+
+
+class DownloadConfig(StageConfig):
+    """Downloading retrieved candidates with img2dataset."""
+
+    per_class: int = Field(1000, gt=0)
+    image_size: int = Field(256, gt=0)
+    overrequest: float = Field(2.0, ge=1.0)
+    max_rounds: int = Field(5, gt=0)
+    processes: int = Field(4, gt=0)
+    threads: int = Field(32, gt=0)
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    user_agent_token: str = "synthimg"
+    timeout: int = Field(10, gt=0)
+
+
+class CurateConfig(StageConfig):
+    """Curation shared by both arms (paper Sec. 3.3)."""
+
+    model: str = "ViT-B-16"
+    pretrained: str | None = "laion2b_s34b_b88k"
+    reduce: Literal["max", "mean"] = Field("max", description="the paper: max; the official code: mean")
+    top: float = Field(0.3, gt=0, le=1)
+    cap: int | None = Field(10000, gt=0)
+    descriptor: Literal["clip", "isc", "phash"] = "clip"
+    threshold: float | None = Field(None, description="None: the descriptor's default (ISC: 0.604169)")
+    stratified: bool = True
+    scales: list[int] = Field(default_factory=list)
+    seed: int = 0
+    batch_size: int = Field(256, gt=0)
+
+
+class TrainConfig(StageConfig):
+    """Fine-tuning (paper Sec. 4): AdamW (0.9, 0.95), wd 0.1, clip 1.0, 500 warmup, cosine, batch 512."""
+
+    learner: Literal["clip", "timm"] = "clip"
+    finetune: Literal["ce", "flyp", "lp"] = "ce"
+    model: str = "ViT-B-16"
+    pretrained: str | None = "laion2b_s34b_b88k"
+    lr: float = Field(1e-5, gt=0)
+    wd: float = Field(0.1, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-6
+    grad_clip: float | None = 1.0
+    warmup: int = Field(500, ge=0)
+    batch_size: int = Field(512, gt=0, description="global batch, kept constant across world sizes")
+    epochs: int = Field(30, gt=0, description="the paper: 30, ImageNet 10")
+    workers: int = Field(4, ge=0)
+    image_size: int = Field(224, gt=0)
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    precision: Precision = "amp_bf16"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    wise_alphas: list[float] = Field(default_factory=list)
+
+
+class EvalConfig(StageConfig):
+    """Zero-shot and linear-probe evaluation. LP defaults: lr 1e-2, batch 256, 200 epochs, wd 0.1."""
+
+    modes: list[Literal["zs", "lp"]] = Field(default_factory=lambda: ["zs", "lp"])
+    splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["val", "test"])
+    batch_size: int = Field(256, gt=0)
+    workers: int = Field(4, ge=0)
+    lp_lr: float = Field(1e-2, gt=0)
+    lp_batch_size: int = Field(256, gt=0)
+    lp_epochs: int = Field(200, gt=0)
+    lp_wd: float = Field(0.1, ge=0)
+
+
+class Config(StageConfig):
+    """Everything a run needs; each stage reads its own section."""
+
+    task: str | None = None
+    shards: ShardsConfig = Field(default_factory=ShardsConfig)
+    captions: CaptionsConfig = Field(default_factory=CaptionsConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str | None) -> str | None:
+        if name is not None:
+            from synthimg.tasks import get_task
+
+            try:
+                get_task(name)
+            except SynthimgError as err:
+                raise ValueError(str(err)) from None
+        return name
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-5", "task=dtd"]`` into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise SynthimgError(f"override {item!r} is not of the form key.subkey=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SynthimgError(f"override {item!r} conflicts with an earlier override of {part!r}")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The field names allowed at ``loc`` (the parent of an unknown key), walking nested models."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        current = fields[part].annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel]) -> str:
+    """One line per the CLI contract: the dotted key, what is wrong, the choices where finite."""
+    parts = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            valid = _valid_keys(model, loc[:-1])
+            hint = f"; valid keys: {', '.join(valid)}" if valid else ""
+            parts.append(f"unknown config key '{key}'{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"bad value for '{key}' ({e.get('input')!r}): {msg}")
+    return "; ".join(parts)
+
+
+def validate(data: dict[str, Any], model: type[M] = Config) -> M:  # type: ignore[assignment]
+    """Validate a plain dict into ``model``; errors become one :class:`SynthimgError` line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SynthimgError(format_validation_error(err, model)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or bad YAML is one error line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthimgError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise SynthimgError(f"config file {path} is not valid YAML{at}") from None
+    if not isinstance(data, dict):
+        raise SynthimgError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    model: type[M] = Config,  # type: ignore[assignment]
+) -> M:
+    """Resolve a config: model defaults < YAML file < ``extra`` (CLI flags) < dotted overrides."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    if extra:
+        data = _deep_merge(data, extra)
+    data = _deep_merge(data, parse_overrides(overrides))
+    return validate(data, model)
+
+
+def to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """A JSON-safe dict of a config (tuples become lists)."""
+    return cfg.model_dump(mode="json")
+
+
+def config_hash(cfg: BaseModel | dict[str, Any], length: int = 12) -> str:
+    """A stable short hash of a resolved config (key order does not matter)."""
+    data = to_dict(cfg) if isinstance(cfg, BaseModel) else cfg
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def save_resolved(cfg: BaseModel, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the fully resolved config beside a stage's outputs (atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny images and shard folders written on the fly (no downloads, ever)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthimg.data.shards import ShardWriter, finalize, sample_key
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (16, 16)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def make_sample(index: int, class_id: int, classnames: list[str]) -> dict:
+    return {
+        "__key__": sample_key(index),
+        "jpg": jpeg_bytes(index),
+        "cls": class_id,
+        "txt": f"a photo of a {classnames[class_id]}.",
+        "json": {"source": "upstream", "class_id": class_id, "class_name": classnames[class_id]},
+    }
+
+
+CLASSNAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture
+def classnames() -> list[str]:
+    return list(CLASSNAMES)
+
+
+def write_dataset(out: Path, n: int = 40, maxcount: int = 10, num_classes: int = 10) -> list[str]:
+    """n samples, labels round-robin over classes, ``maxcount`` per shard; returns the keys."""
+    with ShardWriter(out, prefix="shard", maxcount=maxcount) as writer:
+        for i in range(n):
+            writer.write(make_sample(i, i % num_classes, CLASSNAMES))
+    finalize(out, CLASSNAMES)
+    return [sample_key(i) for i in range(n)]
+
+
+@pytest.fixture
+def shard_dir(tmp_path: Path) -> tuple[Path, list[str]]:
+    out = tmp_path / "shards"
+    return out, write_dataset(out)
