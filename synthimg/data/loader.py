@@ -68,7 +68,9 @@ class SkipHandler:
         else:
             reason = "corrupt_image"
         self.stats.add(reason)
-        log.warning("skipped (%s): %s", reason, str(exn).splitlines()[0][:300] if str(exn) else type(exn).__name__)
+        first = str(exn.args[0]) if exn.args else type(exn).__name__
+        where = f" in {exn.args[-1]}" if self.stage == "tar" and len(exn.args) > 1 else ""
+        log.warning("skipped (%s): %s%s", reason, (first.splitlines() or [""])[0][:300], where)
         return True
 
 
@@ -136,6 +138,28 @@ class Decode:
         return record
 
 
+def tar_samples(src: Iterable[dict[str, Any]], handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
+    """Shard dicts -> samples, grouping files by key *within* each tar.
+
+    webdataset's ``tarfile_to_samples`` groups the flattened file stream of all tars, so
+    when a truncated tar breaks off mid-sample, the half-read sample is still yielded once
+    the next tar starts. Grouping per tar drops it with the broken tar instead.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_iterator, url_opener
+
+    for source in url_opener(src, handler=handler):
+        url, stream = source["url"], source["stream"]
+        try:
+            files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
+            yield from group_by_keys(files)
+        except Exception as exn:  # a truncated or unreadable tar: count it, go on with the next
+            exn.args = (*exn.args, url)
+            if not handler(exn):
+                break
+        finally:
+            stream.close()
+
+
 def shard_pipeline(
     urls: str | os.PathLike[str] | list[str],
     *,
@@ -165,7 +189,7 @@ def shard_pipeline(
         stages: list[Any] = [wds.ResampledShards(shard_list, deterministic=True)]
     else:
         stages = [wds.SimpleShardList(shard_list), split_by_node, wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=tar_handler))
+    stages.append(wds.pipelinefilter(tar_samples)(handler=tar_handler))
     if keys is not None:
         stages.append(wds.select(KeyFilter(keys)))
     if shuffle:
