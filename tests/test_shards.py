@@ -239,3 +239,37 @@ def test_readable_by_plain_webdataset_open_clip_and_timm(shard_dir):
 
     ds = timm.data.create_dataset("wds/shards", root=str(out), split="train", is_training=False, batch_size=1)
     assert len(ds) == 40 and sorted(int(t) for _, t in ds) == sorted(i % 10 for i in range(40))
+
+
+DDP_SCRIPT = """
+import json, sys, torch.distributed as dist
+from synthimg.data.loader import shard_loader
+dist.init_process_group("gloo")
+loader = shard_loader(sys.argv[1], batch_size=3, num_workers=2, resample="never")
+keys = [k for batch in loader for k in batch["key"]]
+out = [None] * dist.get_world_size()
+dist.all_gather_object(out, keys)
+if dist.get_rank() == 0:
+    open(sys.argv[2], "w").write(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_ranks_two_workers(shard_dir, tmp_path):
+    import subprocess
+    import sys
+
+    out, keys = shard_dir
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    result = tmp_path / "keys.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(out), str(result)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    per_rank = json.loads(result.read_text())
+    assert len(per_rank) == 2 and all(per_rank)
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == keys
