@@ -29,6 +29,8 @@ config_app = typer.Typer(help="Resolve and print configs.", no_args_is_help=True
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(shards_app, name="shards")
 app.add_typer(config_app, name="config")
+curate_app = typer.Typer(help="Curation: CLIP-score filter, decontamination, caps, seeded subsets.", no_args_is_help=True)
+app.add_typer(curate_app, name="curate")
 
 _STATE = {"debug": False}
 
@@ -198,6 +200,179 @@ def shards_inspect(
     console.print(f"missing classes: {len(report['missing_classes'])}  skipped: {report['skipped']}")
     for shard, c in report["short_shards"].items():
         console.print(f"[yellow]{shard}: read {c['read']} of {c['expected']} samples[/yellow]")
+
+
+def _curate_config(config: Optional[Path], overrides: Optional[list[str]], task: Optional[str], **flags: Any) -> Any:
+    from synthimg.config import load_config
+
+    extra: dict[str, Any] = {"curate": {k: v for k, v in flags.items() if v is not None}}
+    if task is not None:
+        extra["task"] = task
+    return load_config(config, overrides, extra=extra)
+
+
+def _split_list(text: Optional[str], cast: Any = str) -> Optional[list[Any]]:
+    if text is None:
+        return None
+    try:
+        return [cast(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SynthimgError(f"cannot read {text!r} as a comma-separated list") from None
+
+
+ShardsOpt = typer.Option(..., "--shards", help="shard folder (one arm)")
+KeysOpt = typer.Option(None, "--keys", help="restrict to this key list (from an earlier curation step)")
+
+
+@curate_app.command("score")
+def curate_score(
+    shards: Path = ShardsOpt,
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    model: Optional[str] = typer.Option(None, help="open_clip scorer (the paper: the learner, ViT-B-16)"),
+    pretrained: Optional[str] = typer.Option(None, help="tag or checkpoint; 'none' for random weights"),
+    reduce: Optional[str] = typer.Option(None, help="max (the paper) or mean (the official code) over templates"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    workers: Optional[int] = typer.Option(None),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Score every sample against its own class's templates; cached, merged into the manifest."""
+    from synthimg.config import save_resolved
+    from synthimg.curation.clip_score import CACHE_DIR, score_shards
+    from synthimg.runtime import init_distributed
+    from synthimg.tasks import get_task
+
+    cfg = _curate_config(config, overrides, task, model=model, reduce=reduce, batch_size=batch_size, workers=workers,
+                         pretrained=None if pretrained in (None, "none") else pretrained)
+    if pretrained == "none":
+        cfg.curate.pretrained = None
+    if cfg.task is None:
+        raise SynthimgError("--task is required (the class templates to score against)")
+    rank, _ = init_distributed()
+    table = score_shards(shards, get_task(cfg.task), cfg.curate)
+    if rank == 0:
+        save_resolved(cfg, shards / CACHE_DIR, "score_config.yaml")
+        typer.echo(f"scored {len(table)} samples of {shards} ({cfg.curate.model}, reduce={cfg.curate.reduce}); "
+                   f"mean clip_score {table['clip_score'].mean():.4f}")
+
+
+@curate_app.command("filter")
+def curate_filter(
+    shards: Path = ShardsOpt,
+    out: Path = typer.Option(..., "--out", "-o"),
+    keys: Optional[Path] = KeysOpt,
+    top: Optional[float] = typer.Option(None, help="fraction kept per class and arm (the paper: 0.3)"),
+    cap: Optional[int] = typer.Option(None, help="per-class cap keeping the highest scores (the paper: 10000)"),
+    no_cap: bool = typer.Option(False, "--no-cap", help="no per-class cap"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Keep the top fraction per class by CLIP score, then cap; writes OUT/keys.parquet."""
+    import json
+
+    import pandas as pd
+
+    from synthimg.config import save_resolved
+    from synthimg.curation.filter import filter_top, per_class_counts
+    from synthimg.data.manifest import merge_columns, read_keys, read_manifest, write_keys
+
+    cfg = _curate_config(config, overrides, None, top=top, cap=cap)
+    if no_cap:
+        cfg.curate.cap = None
+    manifest = read_manifest(shards)
+    subset = read_keys(keys) if keys else None
+    kept = filter_top(manifest, cfg.curate.top, cfg.curate.cap, subset)
+    write_keys(kept["key"], out / "keys.parquet")
+    before = manifest if subset is None else manifest[manifest["key"].isin(set(subset))]
+    merge_columns(shards, pd.DataFrame({"key": before["key"], "kept_filter": before["key"].isin(set(kept["key"]))}))
+    stats = {"count": len(before), "kept": len(kept), "top": cfg.curate.top, "cap": cfg.curate.cap,
+             "per_class": per_class_counts(before, kept)}
+    (out / "filter_stats.json").write_text(json.dumps(stats, indent=1))
+    save_resolved(cfg, out)
+    typer.echo(f"kept {len(kept)} of {len(before)} samples (top {cfg.curate.top}, cap {cfg.curate.cap}) -> {out / 'keys.parquet'}")
+
+
+@curate_app.command("decontaminate")
+def curate_decontaminate(
+    shards: Path = ShardsOpt,
+    out: Path = typer.Option(..., "--out", "-o"),
+    against: Optional[Path] = typer.Option(None, "--against", help="evaluation shard folder (ours or CLIP_benchmark's)"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="take the task's evaluation splits instead"),
+    eval_root: Optional[Path] = typer.Option(None, "--eval-root", help="torchvision root or CLIP_benchmark folder"),
+    splits: Optional[str] = typer.Option(None, help="evaluation splits to match against, e.g. test,train"),
+    keys: Optional[Path] = KeysOpt,
+    descriptor: Optional[str] = typer.Option(None, help="clip (default), isc (the paper's) or none"),
+    threshold: Optional[float] = typer.Option(None, help="descriptor cosine threshold (ISC default 0.604169)"),
+    no_phash: bool = typer.Option(False, "--no-phash", help="skip the perceptual-hash pass"),
+    model: Optional[str] = typer.Option(None, help="open_clip model for the clip descriptor"),
+    pretrained: Optional[str] = typer.Option(None, help="its tag or checkpoint; 'none' for random weights"),
+    isc_weights: Optional[Path] = typer.Option(None, "--isc-weights", help="local isc_ft_v107 weights"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Drop near-duplicates of evaluation images; writes dropped.parquet, keys.parquet, stats, a contact sheet."""
+    from synthimg.config import save_resolved
+    from synthimg.curation.decontaminate import EvalSource, decontaminate
+    from synthimg.data.manifest import read_keys
+    from synthimg.tasks import get_task
+
+    cfg = _curate_config(config, overrides, task, descriptor=descriptor, threshold=threshold, model=model,
+                         isc_weights=str(isc_weights) if isc_weights else None, against_splits=_split_list(splits),
+                         pretrained=None if pretrained in (None, "none") else pretrained)
+    if no_phash:
+        cfg.curate.phash = False
+    if pretrained == "none":
+        cfg.curate.pretrained = None
+    if against is None and (cfg.task is None or eval_root is None):
+        raise SynthimgError("give --against EVAL_DIR, or --task T with --eval-root ROOT")
+    source = EvalSource(against=against, task=get_task(cfg.task) if cfg.task else None, eval_root=eval_root,
+                        splits=list(cfg.curate.against_splits))
+    stats = decontaminate(shards, source, out, cfg.curate, read_keys(keys) if keys else None)
+    save_resolved(cfg, out)
+    typer.echo(f"dropped {stats['dropped']} of {stats['count']} candidates matching {stats['eval_images']} evaluation "
+               f"images ({stats['dropped_by']}) -> {out}")
+
+
+@curate_app.command("subsample")
+def curate_subsample(
+    shards: Path = ShardsOpt,
+    out: Path = typer.Option(..., "--out", "-o"),
+    scales: Optional[str] = typer.Option(None, help="comma-separated subset sizes, e.g. 1000,10000"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. 0,1,2"),
+    keys: Optional[Path] = KeysOpt,
+    unstratified: bool = typer.Option(False, "--unstratified", help="the paper's plain random_split"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Seeded, equal-size, nested subsets: OUT/subset_n{N}_s{SEED}.parquet (key lists) + subsets.json."""
+    import json
+
+    from synthimg.config import config_hash, save_resolved, to_dict
+    from synthimg.curation.subsample import subsample
+    from synthimg.data.manifest import read_keys, read_manifest, write_keys
+
+    cfg = _curate_config(config, overrides, None, scales=_split_list(scales, int), seeds=_split_list(seeds, int))
+    if unstratified:
+        cfg.curate.stratified = False
+    if not cfg.curate.scales:
+        raise SynthimgError("--scales is required, e.g. --scales 1000,10000")
+    pool = read_manifest(shards)
+    if keys:
+        pool = pool[pool["key"].isin(set(read_keys(keys)))]
+    written = {}
+    for seed in cfg.curate.seeds:
+        for scale in sorted(cfg.curate.scales):
+            chosen = subsample(pool, scale, seed, cfg.curate.stratified)
+            path = write_keys(chosen, out / f"subset_n{scale}_s{seed}.parquet")
+            counts = pool[pool["key"].isin(set(chosen))].groupby("class_id")["key"].size()
+            written[path.name] = {"scale": scale, "seed": seed, "min_per_class": int(counts.min()),
+                                  "max_per_class": int(counts.max()), "classes": int(len(counts))}
+    save_resolved(cfg, out)
+    meta = {"pool": len(pool), "stratified": cfg.curate.stratified, "config_hash": config_hash(cfg),
+            "keys_from": str(keys) if keys else None, "shards": str(shards), "subsets": written,
+            "curate": to_dict(cfg.curate)}
+    (out / "subsets.json").write_text(json.dumps(meta, indent=1))
+    typer.echo(f"wrote {len(written)} subsets from a pool of {len(pool)} -> {out}")
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -112,19 +112,28 @@ class DownloadConfig(StageConfig):
 
 
 class CurateConfig(StageConfig):
-    """Curation shared by both arms (paper Sec. 3.3)."""
+    """Curation shared by both arms (paper Sec. 3.3): score, filter, decontaminate, subsample."""
 
-    model: str = "ViT-B-16"
+    model: str = Field("ViT-B-16", description="CLIP scorer; the paper scores with the learner itself")
     pretrained: str | None = "laion2b_s34b_b88k"
-    reduce: Literal["max", "mean"] = Field("max", description="the paper: max; the official code: mean")
-    top: float = Field(0.3, gt=0, le=1)
-    cap: int | None = Field(10000, gt=0)
-    descriptor: Literal["clip", "isc", "phash"] = "clip"
-    threshold: float | None = Field(None, description="None: the descriptor's default (ISC: 0.604169)")
+    reduce: Literal["max", "mean"] = Field("max", description="the paper: max over templates; the official code: mean")
+    top: float = Field(0.3, gt=0, le=1, description="fraction kept per class and arm")
+    cap: int | None = Field(10000, gt=0, description="per-class cap keeping the highest scores (the paper's, retrieved)")
+    descriptor: Literal["clip", "isc", "none"] = "clip"
+    threshold: float | None = Field(None, description="cosine threshold; None: the descriptor's default (ISC 0.604169)")
+    phash: bool = Field(True, description="also run the cheap perceptual-hash pass (exact and resized copies)")
+    phash_threshold: float = Field(0.875, gt=0, le=1, description="1 - Hamming/64; 0.875 = at most 8 differing bits")
+    isc_weights: str | None = Field(None, description="local isc_ft_v107 weights file")
+    isc_backbone: str = "tf_efficientnetv2_m.in21k_ft_in1k"
+    isc_image_size: int = Field(512, gt=0)
+    against_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["test"])
+    index_factory: str = Field("Flat", description="faiss index factory string for the evaluation descriptors")
+    contact_pairs: int = Field(32, ge=0, description="pairs nearest the threshold drawn on the contact sheet")
     stratified: bool = True
     scales: list[int] = Field(default_factory=list)
-    seed: int = 0
+    seeds: list[int] = Field(default_factory=lambda: [0])
     batch_size: int = Field(256, gt=0)
+    workers: int = Field(2, ge=0)
 
 
 class TrainConfig(StageConfig):

@@ -93,3 +93,22 @@ def check_keys(shard_dir: str | os.PathLike[str], keys: Iterable[str]) -> None:
             f"{len(missing)} keys of the key list are not in {shard_dir} (first: {missing[0]}); "
             "was it made from another shard folder?"
         )
+
+
+def merge_columns(shard_dir: str | os.PathLike[str], table: pd.DataFrame) -> Path:
+    """Add or replace per-sample columns of ``table`` (joined on ``key``) in the manifest.
+
+    Later stages record their results here (``clip_score``, ``kept_filter``,
+    ``decontam_max_sim``, ``kept_decontam``). Rebuilding the manifest from fragments drops
+    them; the stages re-add them from their caches.
+    """
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise SynthimgError(f"no {MANIFEST} in {shard_dir}")
+    columns = [c for c in table.columns if c != "key"]
+    manifest = pd.read_parquet(path).drop(columns=columns, errors="ignore")
+    merged = manifest.merge(table, on="key", how="left")
+    tmp = path.with_name(path.name + ".tmp")
+    merged.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path

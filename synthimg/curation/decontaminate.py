@@ -1,0 +1,252 @@
+"""Drop candidates that are near-duplicates of evaluation images (``synthimg curate decontaminate``).
+
+Evaluation descriptors go into a faiss index once; candidates stream through in batches
+and are searched as they come, so memory stays flat however many there are. A candidate is
+dropped when the pHash pass (Hamming, mirrored too) or the descriptor (cosine) reaches its
+threshold. Outputs: ``dropped.parquet`` (key, match_key, similarity, descriptor), the kept
+``keys.parquet``, per-class counts (as the paper's Table 1) and a contact sheet of the
+pairs nearest the threshold for a human to check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synthimg.config import CurateConfig
+from synthimg.curation.descriptors import create_descriptor, phash_codes
+from synthimg.data.manifest import merge_columns, read_manifest, write_keys
+from synthimg.errors import SynthimgError
+from synthimg.tasks.spec import TaskSpec
+
+
+class Describe:
+    """Per-image transform run in loader workers: descriptor tensor and pHash codes (plain and mirrored)."""
+
+    def __init__(self, transform: Any, phash: bool):
+        self.transform, self.phash = transform, phash
+
+    def __call__(self, image: Any) -> tuple[Any, Any, Any]:
+        tensor = self.transform(image) if self.transform is not None else None
+        if not self.phash:
+            return tensor, None, None
+        return tensor, phash_codes([image])[0], phash_codes([image], mirrored=True)[0]
+
+
+@dataclass
+class EvalSource:
+    """Where evaluation images come from: a shard folder (ours or CLIP_benchmark's) or a task split."""
+
+    against: Path | None = None
+    task: TaskSpec | None = None
+    eval_root: Path | None = None
+    splits: list[str] = field(default_factory=lambda: ["test"])
+
+    def datasets(self, transform: Any) -> Iterator[tuple[str, Any]]:
+        """(prefix for match keys, dataset) per split."""
+        from synthimg.data.loader import shard_pipeline
+        from synthimg.tasks.splits import load_split
+
+        if self.against is not None:
+            if not self.against.is_dir():
+                raise SynthimgError(f"evaluation folder not found: {self.against}")
+            if any(self.against.glob("*.tar")):
+                yield "", shard_pipeline(self.against, transform=transform)
+                return
+            found = [s for s in self.splits if any((self.against / s).glob("*.tar"))]
+            if not found:
+                raise SynthimgError(f"{self.against} has no .tar shards, nor {'/'.join(self.splits)}/*.tar")
+            for s in found:
+                yield f"{s}/", shard_pipeline(self.against / s, transform=transform)
+            return
+        if self.task is None or self.eval_root is None:
+            raise SynthimgError("give --against EVAL_DIR, or --task T with --eval-root ROOT")
+        for s in self.splits:
+            yield f"{s}/", load_split(self.task, s, self.eval_root, transform=transform)
+
+
+def _batches(dataset: Any, batch_size: int, workers: int) -> Iterator[tuple[list[str], list[Any]]]:
+    """(keys, transformed items) batches from a shard pipeline (records) or a map-style dataset."""
+    import torch
+
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
+        for batch in loader:
+            yield [r["key"] for r in batch], [r["image"] for r in batch]
+        return
+    indexed = _Indexed(dataset)
+    loader = torch.utils.data.DataLoader(indexed, batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
+    for batch in loader:
+        yield [str(i) for i, _ in batch], [item for _, item in batch]
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class _Indexed:
+    """Map-style dataset of (index, transformed image), dropping the label."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any]:
+        return i, self.dataset[i][0]
+
+
+@dataclass
+class EvalIndex:
+    keys: list[str]
+    phash: Any = None
+    descriptor: Any = None
+
+
+def build_eval_index(source: EvalSource, descriptor: Any, cfg: CurateConfig) -> EvalIndex:
+    """Describe every evaluation image once and index the descriptors with faiss."""
+    import faiss
+    import torch
+
+    transform = Describe(descriptor.transform if descriptor else None, cfg.phash)
+    keys: list[str] = []
+    codes: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    for prefix, dataset in source.datasets(transform):
+        workers = min(cfg.workers, getattr(dataset, "num_shards", cfg.workers))
+        for batch_keys, items in _batches(dataset, cfg.batch_size, workers):
+            keys.extend(prefix + k for k in batch_keys)
+            if cfg.phash:
+                codes.append(np.stack([c for _, c, _ in items]))
+            if descriptor is not None:
+                feats.append(descriptor(torch.stack([t for t, _, _ in items])))
+    if not keys:
+        raise SynthimgError("the evaluation set is empty")
+    index = EvalIndex(keys)
+    if cfg.phash:
+        index.phash = faiss.IndexBinaryFlat(64)
+        index.phash.add(np.concatenate(codes))
+    if descriptor is not None:
+        x = np.ascontiguousarray(np.concatenate(feats), dtype=np.float32)
+        index.descriptor = faiss.index_factory(x.shape[1], cfg.index_factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.descriptor.is_trained:
+            index.descriptor.train(x)
+        index.descriptor.add(x)
+    return index
+
+
+def search_candidates(
+    shard_dir: Path, keys: list[str] | None, index: EvalIndex, descriptor: Any, cfg: CurateConfig, progress: bool
+) -> pd.DataFrame:
+    """One row per candidate: best pHash and descriptor similarity and their matches."""
+    import torch
+
+    from synthimg.data.loader import SkipStats, shard_pipeline
+    from synthimg.progress import progress_bar
+
+    stats = SkipStats()
+    dataset = shard_pipeline(shard_dir, keys=keys, stats=stats,
+                             transform=Describe(descriptor.transform if descriptor else None, cfg.phash))
+    rows: list[pd.DataFrame] = []
+    total = len(keys) if keys is not None else None
+    with progress_bar(total=total, description="decontaminate", enabled=progress) as bar:
+        for batch_keys, items in _batches(dataset, cfg.batch_size, min(cfg.workers, dataset.num_shards)):
+            part: dict[str, Any] = {"key": batch_keys}
+            if index.phash is not None:
+                d1, i1 = index.phash.search(np.stack([c for _, c, _ in items]), 1)
+                d2, i2 = index.phash.search(np.stack([m for _, _, m in items]), 1)
+                best = np.where(d1[:, 0] <= d2[:, 0], i1[:, 0], i2[:, 0])
+                part["phash_sim"] = 1.0 - np.minimum(d1[:, 0], d2[:, 0]) / 64.0
+                part["phash_match"] = [index.keys[i] for i in best]
+            if index.descriptor is not None:
+                sims, ids = index.descriptor.search(descriptor(torch.stack([t for t, _, _ in items])), 1)
+                part["desc_sim"] = sims[:, 0]
+                part["desc_match"] = [index.keys[i] if i >= 0 else "" for i in ids[:, 0]]
+            rows.append(pd.DataFrame(part))
+            bar.advance(len(batch_keys))
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame({"key": []})
+    table.attrs["skipped"] = stats.as_dict()
+    return table
+
+
+def decide(scores: pd.DataFrame, descriptor_name: str, threshold: float | None, cfg: CurateConfig) -> pd.DataFrame:
+    """The dropped rows: key, match_key, similarity, descriptor (pHash wins when both fire)."""
+    out = []
+    for row in scores.itertuples(index=False):
+        if cfg.phash and row.phash_sim >= cfg.phash_threshold:
+            out.append((row.key, row.phash_match, float(row.phash_sim), "phash"))
+        elif threshold is not None and row.desc_sim >= threshold:
+            out.append((row.key, row.desc_match, float(row.desc_sim), descriptor_name))
+    return pd.DataFrame(out, columns=["key", "match_key", "similarity", "descriptor"])
+
+
+def decontaminate(
+    shard_dir: str | os.PathLike[str],
+    source: EvalSource,
+    out: str | os.PathLike[str],
+    cfg: CurateConfig,
+    keys: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole stage; writes the outputs under ``out`` and returns the stats."""
+    from synthimg.runtime import default_device
+
+    shard_dir, out = Path(shard_dir), Path(out)
+    start = time.time()
+    manifest = read_manifest(shard_dir)
+    if keys is not None:
+        manifest = manifest[manifest["key"].isin(set(keys))]
+    descriptor = create_descriptor(cfg, default_device())
+    if descriptor is None and not cfg.phash:
+        raise SynthimgError("nothing to match with: set curate.descriptor or curate.phash")
+    threshold = (cfg.threshold if cfg.threshold is not None else descriptor.default_threshold) if descriptor else None
+    index = build_eval_index(source, descriptor, cfg)
+    t_search = time.time()
+    scores = search_candidates(shard_dir, list(manifest["key"]), index, descriptor, cfg, progress)
+    search_s = time.time() - t_search
+    dropped = decide(scores, descriptor.name if descriptor else "none", threshold, cfg)
+    dropped = dropped.merge(manifest[["key", "class_id", "class_name"]], on="key", how="left")
+    kept = [k for k in manifest["key"] if k not in set(dropped["key"])]
+    out.mkdir(parents=True, exist_ok=True)
+    dropped.to_parquet(out / "dropped.parquet", index=False)
+    scores.to_parquet(out / "decontam_scores.parquet", index=False)
+    write_keys(kept, out / "keys.parquet")
+    sim_cols = [c for c in ("phash_sim", "desc_sim") if c in scores]
+    merge_columns(shard_dir, pd.DataFrame({
+        "key": scores["key"], "decontam_max_sim": scores[sim_cols].max(axis=1),
+        "kept_decontam": ~scores["key"].isin(set(dropped["key"])),
+    }))
+    per_class = _per_class(manifest, dropped)
+    stats = {
+        "count": len(manifest), "successes": len(scores), "dropped": len(dropped), "kept": len(kept),
+        "eval_images": len(index.keys), "descriptor": descriptor.name if descriptor else "none", "threshold": threshold,
+        "phash": cfg.phash, "phash_threshold": cfg.phash_threshold,
+        "dropped_by": dropped["descriptor"].value_counts().to_dict(),
+        "skipped": scores.attrs.get("skipped", {}), "duration": round(time.time() - start, 3),
+        "candidates_per_sec": round(len(scores) / search_s, 1) if search_s > 0 else None,
+        "per_class": per_class,
+    }
+    (out / "decontaminate_stats.json").write_text(json.dumps(stats, indent=1))
+    if cfg.contact_pairs:
+        from synthimg.curation.contact_sheet import draw_contact_sheet
+
+        draw_contact_sheet(shard_dir, source, scores, threshold, cfg, out / "contact_sheet.png")
+    return stats
+
+
+def _per_class(manifest: pd.DataFrame, dropped: pd.DataFrame) -> dict[str, dict[str, float]]:
+    total = manifest.groupby("class_name")["key"].size()
+    hit = dropped.groupby("class_name")["key"].size() if len(dropped) else pd.Series(dtype=int)
+    return {
+        str(name): {"candidates": int(n), "dropped": int(hit.get(name, 0)), "pct": round(100.0 * hit.get(name, 0) / n, 3)}
+        for name, n in total.items()
+    }

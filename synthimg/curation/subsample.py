@@ -1,0 +1,48 @@
+"""Seeded, equal-size subsets for each data scale (``synthimg curate subsample``).
+
+For a seed, every class's keys are shuffled (a generator per class) and the classes are
+dealt round-robin in a seeded class order. The subset of size N is the first N keys of that
+one sequence, so it is:
+
+- exact (N keys, never "20% silently unused");
+- stratified (class counts differ by at most one, classes that run out are filled by the others);
+- nested across scales (the 1K subset lies inside the 10K subset);
+- a pure function of (keys, labels, seed).
+
+``stratified=False`` is the paper's plain ``random_split``: a seeded shuffle of all keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from synthimg.errors import SynthimgError
+
+
+def draw_order(pool: pd.DataFrame, seed: int, stratified: bool = True) -> list[str]:
+    """The seeded order whose prefixes are the subsets of every scale."""
+    keys = pool.sort_values("key")  # the order of the input must not matter
+    if not stratified:
+        rng = np.random.default_rng([seed, 0])
+        return list(keys["key"].to_numpy()[rng.permutation(len(keys))])
+    classes = sorted(keys["class_id"].unique())
+    order = np.random.default_rng([seed, 1]).permutation(len(classes))
+    queues = []
+    for idx in order:
+        c = classes[idx]
+        members = keys.loc[keys["class_id"] == c, "key"].to_numpy()
+        queues.append(list(members[np.random.default_rng([seed, 2, int(c)]).permutation(len(members))]))
+    sequence: list[str] = []
+    for round_ in range(max(len(q) for q in queues)):
+        sequence.extend(q[round_] for q in queues if round_ < len(q))
+    return sequence
+
+
+def subsample(pool: pd.DataFrame, scale: int, seed: int, stratified: bool = True) -> list[str]:
+    """The keys of the subset of size ``scale`` for ``seed``; larger than the pool is an error."""
+    if scale > len(pool):
+        raise SynthimgError(f"scale {scale} is larger than the curated pool of {len(pool)} samples")
+    if scale <= 0:
+        raise SynthimgError(f"scale must be positive, got {scale}")
+    return draw_order(pool, seed, stratified)[:scale]

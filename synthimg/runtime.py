@@ -1,0 +1,52 @@
+"""Device and precision helpers shared by the GPU stages."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+
+def default_device() -> str:
+    """``cuda:LOCAL_RANK`` when a GPU is visible (torchrun sets LOCAL_RANK), else ``cpu``."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def autocast(device: str) -> Any:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun / srun process group when launched under one; returns (rank, world)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_to_rank0(obj: Any) -> list[Any] | None:
+    """All ranks' objects on rank 0 (None elsewhere); just ``[obj]`` when not distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
