@@ -223,3 +223,31 @@ def test_cli_sequence_feeds_the_loader(planted, tmp_path, capsys):
     mean = reduce_scores(image, templates, labels, "mean")
     ref = torch.nn.functional.normalize(templates.mean(1), dim=-1)[labels]
     assert torch.allclose(mean, (image * ref).sum(-1), atol=1e-6)
+
+
+def test_torchrun_two_ranks_score_like_one(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    from synthimg.models.clip import create_clip
+    from tests.conftest import write_dataset
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": create_clip("synthimg-tiny-vit").model.state_dict()}, ckpt)
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_dataset(one, n=40, maxcount=10)
+    shutil.copytree(one, two)
+    args = ["--quiet", "curate", "score", "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained", str(ckpt),
+            "--workers", "1"]
+    for folder, launcher in ((one, [sys.executable, "-m", "synthimg"]),
+                             (two, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                    "-m", "synthimg"])):
+        proc = subprocess.run([*launcher, *args, "--shards", str(folder)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    a = read_manifest(one).set_index("key")["clip_score"].sort_index()
+    b = read_manifest(two).set_index("key")["clip_score"].sort_index()
+    assert len(b) == 40 and b.notna().all()
+    assert np.allclose(a.to_numpy(), b.to_numpy(), atol=1e-5)  # each rank scored its shards; rank 0 merged
