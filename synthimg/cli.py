@@ -203,12 +203,19 @@ def shards_inspect(
 
 
 def _curate_config(config: Optional[Path], overrides: Optional[list[str]], task: Optional[str], **flags: Any) -> Any:
+    """Resolve the config with the given curate flags; ``pretrained="none"`` means random weights."""
     from synthimg.config import load_config
 
+    random_weights = flags.get("pretrained") == "none"
+    if random_weights:
+        flags["pretrained"] = None
     extra: dict[str, Any] = {"curate": {k: v for k, v in flags.items() if v is not None}}
     if task is not None:
         extra["task"] = task
-    return load_config(config, overrides, extra=extra)
+    cfg = load_config(config, overrides, extra=extra)
+    if random_weights:
+        cfg.curate.pretrained = None
+    return cfg
 
 
 def _split_list(text: Optional[str], cast: Any = str) -> Optional[list[Any]]:
@@ -243,9 +250,7 @@ def curate_score(
     from synthimg.tasks import get_task
 
     cfg = _curate_config(config, overrides, task, model=model, reduce=reduce, batch_size=batch_size, workers=workers,
-                         pretrained=None if pretrained in (None, "none") else pretrained)
-    if pretrained == "none":
-        cfg.curate.pretrained = None
+                         pretrained=pretrained)
     if cfg.task is None:
         raise SynthimgError("--task is required (the class templates to score against)")
     rank, _ = init_distributed()
@@ -318,11 +323,9 @@ def curate_decontaminate(
 
     cfg = _curate_config(config, overrides, task, descriptor=descriptor, threshold=threshold, model=model,
                          isc_weights=str(isc_weights) if isc_weights else None, against_splits=_split_list(splits),
-                         pretrained=None if pretrained in (None, "none") else pretrained)
+                         pretrained=pretrained)
     if no_phash:
         cfg.curate.phash = False
-    if pretrained == "none":
-        cfg.curate.pretrained = None
     if against is None and (cfg.task is None or eval_root is None):
         raise SynthimgError("give --against EVAL_DIR, or --task T with --eval-root ROOT")
     source = EvalSource(against=against, task=get_task(cfg.task) if cfg.task else None, eval_root=eval_root,
