@@ -378,6 +378,100 @@ def curate_subsample(
     typer.echo(f"wrote {len(written)} subsets from a pool of {len(pool)} -> {out}")
 
 
+@app.command("train")
+def train_cmd(
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="shard folder(s), several joined by '::'"),
+    train_keys: Optional[str] = typer.Option(None, "--train-keys", help="key list(s) from curation, '::'-joined"),
+    train_data_weights: Optional[str] = typer.Option(None, "--train-data-weights", help="mixing weights, '::'-joined"),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    model: Optional[str] = typer.Option(None, help="open_clip or timm model name"),
+    pretrained: Optional[str] = typer.Option(None, help="tag or checkpoint; 'none' for random weights"),
+    learner: Optional[str] = typer.Option(None, help="clip (open_clip) or timm"),
+    finetune: Optional[str] = typer.Option(None, help="ce (the paper), flyp or lp"),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global batch"),
+    lr: Optional[float] = typer.Option(None),
+    warmup: Optional[int] = typer.Option(None),
+    workers: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    logs: Optional[str] = typer.Option(
+        None, "--logs", "--logdir",
+        help="parent folder of runs; under torchrun write --logdir (torchrun reads --logs as its --logs-specs)"),
+    name: Optional[str] = typer.Option(None, help="run name: the run lives in LOGS/NAME"),
+    resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint path"),
+    eval_root: Optional[str] = typer.Option(None, "--eval-root", help="task data: evaluate val/test every epoch"),
+    wise_alphas: Optional[str] = typer.Option(None, "--wise-alphas", help="WiSE-FT alphas, e.g. 0,0.5,1"),
+    arm: Optional[str] = typer.Option(None, help="arm recorded in results (default: from the manifest)"),
+    precision: Optional[str] = typer.Option(None),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Fine-tune a learner on shards (python -m, torchrun or srun); writes LOGS/NAME."""
+    from synthimg.config import load_config
+    from synthimg.evaluation.run import RunEvaluator
+    from synthimg.tasks import get_task
+    from synthimg.train.engine import train
+
+    def parts(text: Optional[str], cast: Any = str) -> Optional[list[Any]]:
+        return None if text is None else [cast(p) if p else "" for p in text.split("::")]
+
+    flags = {"data": parts(train_data), "keys": parts(train_keys), "weights": parts(train_data_weights, float),
+             "model": model, "learner": learner, "finetune": finetune, "epochs": epochs, "batch_size": batch_size,
+             "lr": lr, "warmup": warmup, "workers": workers, "seed": seed, "logs": logs, "name": name, "resume": resume,
+             "eval_root": eval_root, "wise_alphas": _split_list(wise_alphas, float), "arm": arm, "precision": precision,
+             "grad_accum": grad_accum, "pretrained": None if pretrained == "none" else pretrained}
+    extra: dict[str, Any] = {"train": {k: v for k, v in flags.items() if v is not None}}
+    if task is not None:
+        extra["task"] = task
+    cfg = load_config(config, overrides, extra=extra)
+    if pretrained == "none":
+        cfg.train.pretrained = None
+    if cfg.task is None:
+        raise SynthimgError("--task is required")
+    evaluator = RunEvaluator(get_task(cfg.task), cfg.train.eval_root, cfg.eval) if cfg.train.eval_root else None
+    run_dir = train(cfg, evaluator)
+    from synthimg.train.distributed import world_info
+
+    if world_info()[0] == 0:
+        typer.echo(f"run finished: {run_dir}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[str] = typer.Option(None, help="open_clip model name (ignored for synthimg checkpoints)"),
+    pretrained: Optional[str] = typer.Option(None, help="open_clip tag, checkpoint (ours or open_clip's), or 'none'"),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    dataset_root: Path = typer.Option(..., "--dataset-root", help="torchvision root or CLIP_benchmark WebDataset folder"),
+    output: Path = typer.Option(..., "--output", help="results.jsonl to append to"),
+    modes: Optional[str] = typer.Option(None, help="zs,lp"),
+    splits: Optional[str] = typer.Option(None, help="val,test"),
+    arm: str = typer.Option("zeroshot_baseline", help="arm recorded for a plain open_clip model"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    workers: Optional[int] = typer.Option(None),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Zero-shot and linear-probe accuracy of a model or checkpoint; appends lines to OUTPUT."""
+    from synthimg.config import load_config
+    from synthimg.evaluation.run import evaluate
+    from synthimg.tasks import get_task
+
+    flags = {"modes": _split_list(modes), "splits": _split_list(splits), "batch_size": batch_size, "workers": workers}
+    extra: dict[str, Any] = {"eval": {k: v for k, v in flags.items() if v is not None}}
+    if task is not None:
+        extra["task"] = task
+    cfg = load_config(config, overrides, extra=extra)
+    if cfg.task is None:
+        raise SynthimgError("--task is required")
+    name = model or cfg.train.model
+    weights = None if pretrained in (None, "none") else pretrained
+    records = evaluate(name, weights, get_task(cfg.task), dataset_root, cfg.eval, output, arm=arm,
+                       cache_dir=output.parent / "features")
+    for r in records:
+        typer.echo(f"{r.dataset} {r.model} {r.pretrained} {r.eval_mode} {r.split}: acc1 {r.metrics.acc1:.4f}")
+
+
 def _fail(message: str, code: int = 2) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
     print(f"synthimg: error: {first}", file=sys.stderr)

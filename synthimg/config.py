@@ -139,27 +139,42 @@ class CurateConfig(StageConfig):
 class TrainConfig(StageConfig):
     """Fine-tuning (paper Sec. 4): AdamW (0.9, 0.95), wd 0.1, clip 1.0, 500 warmup, cosine, batch 512."""
 
+    data: list[str] = Field(default_factory=list, description="shard folders; several are mixed by weight")
+    keys: list[str] = Field(default_factory=list, description="key list per shard folder ('' for all samples)")
+    weights: list[float] = Field(default_factory=list, description="mixing weights per shard folder")
+    arm: Literal["synthetic", "retrieved", "mixed", "upstream", "sdedit"] | None = Field(
+        None, description="recorded in results; None: from the shards' manifest 'source'")
     learner: Literal["clip", "timm"] = "clip"
     finetune: Literal["ce", "flyp", "lp"] = "ce"
     model: str = "ViT-B-16"
     pretrained: str | None = "laion2b_s34b_b88k"
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(1e-5, gt=0, description="the paper sweeps {1e-5, 1e-6}; ImageNet 1e-6")
     wd: float = Field(0.1, ge=0)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-6
     grad_clip: float | None = 1.0
-    warmup: int = Field(500, ge=0)
+    warmup: int = Field(500, ge=0, description="warmup steps, then cosine decay")
     batch_size: int = Field(512, gt=0, description="global batch, kept constant across world sizes")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per step on each rank")
     epochs: int = Field(30, gt=0, description="the paper: 30, ImageNet 10")
+    steps_per_epoch: int | None = Field(None, gt=0, description="None: ceil(samples / batch_size)")
     workers: int = Field(4, ge=0)
-    image_size: int = Field(224, gt=0)
+    image_size: int | None = Field(None, gt=0, description="None: the model's own input size (224 for ViT-B/16)")
     crop_scale: tuple[float, float] = (0.9, 1.0)
+    augment: bool = Field(True, description="RandomResizedCrop (the paper's only augmentation); off: eval preprocessing")
+    shuffle_buffer: int = Field(1000, ge=0)
     precision: Precision = "amp_bf16"
     compile: bool = False
     grad_checkpointing: bool = False
     seed: int = 0
     wise_alphas: list[float] = Field(default_factory=list)
+    logs: str = "runs"
+    name: str | None = None
+    resume: str | None = Field(None, description="'latest' or a checkpoint path")
+    eval_root: str | None = Field(None, description="task data for per-epoch val/test evaluation")
+    log_every: int = Field(10, gt=0)
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
 
 
 class EvalConfig(StageConfig):

@@ -216,6 +216,7 @@ def shard_loader(
     epoch_size: int | None = None,
     drop_last: bool = False,
     with_meta: bool = False,
+    seed: int = 0,
 ) -> Any:
     """A torch DataLoader over shards, safe under DDP.
 
@@ -248,6 +249,7 @@ def shard_loader(
         stats=stats,
         resampled=resampled,
         shuffle=shuffle,
+        seed=seed,
         with_meta=with_meta,
         epoch_size=per_worker,
     )

@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot and linear-probe accuracy on a task's splits, written as results.jsonl lines."""

@@ -1,0 +1,90 @@
+"""The results.jsonl schema: CLIP_benchmark's keys unchanged, plus the study's provenance.
+
+One JSON object per evaluation. Saved alone as a ``.json`` file, a line is read by
+``clip_benchmark build``. Only rank 0 appends; each line is flushed and fsynced so a
+killed run never leaves half a line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthimg import __version__
+
+Arm = Literal["zeroshot_baseline", "synthetic", "retrieved", "mixed", "upstream", "sdedit"]
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    acc1: float
+    acc5: float | None = None
+    mean_per_class_recall: float
+
+
+class ResultRecord(BaseModel):
+    """One evaluation. ``pretrained`` is always a string (CLIP_benchmark joins it to the model name)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+    model: str
+    pretrained: str
+    task: Literal["zeroshot_classification", "linear_probe"]
+    metrics: Metrics
+    arm: Arm
+    num_train_images: int = 0
+    finetune: Literal["none", "ce", "flyp", "lp", "timm"] = "none"
+    eval_mode: Literal["zs", "lp"]
+    split: Literal["train", "val", "test"]
+    seed: int = 0
+    epoch: int = 0
+    lr: float | None = None
+    wise_alpha: float | None = None
+    gpu_hours: float = 0.0
+    config_hash: str = ""
+    synthimg_version: str = __version__
+    git_sha: str = Field(default_factory=lambda: git_sha())
+    run: str | None = None
+    lp_epoch: int | None = None
+
+
+def git_sha() -> str:
+    """The checkout's commit, or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def append_result(path: str | os.PathLike[str], record: ResultRecord) -> None:
+    """Append one line atomically enough for a crash: write, flush, fsync."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record.model_dump(mode="json")) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_results(path: str | os.PathLike[str]) -> list[ResultRecord]:
+    """Read and validate every line (a torn last line from a crash is ignored)."""
+    records = []
+    lines = Path(path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(ResultRecord.model_validate_json(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                continue
+            raise
+    return records

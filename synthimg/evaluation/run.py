@@ -1,0 +1,175 @@
+"""Evaluation runs: zero-shot and linear-probe result lines for a model, a checkpoint or a training run.
+
+``synthimg eval`` evaluates any open_clip model (tag, checkpoint or none: the zero-shot head
+built from the task's templates) or a synthimg checkpoint (its fine-tuned head). During
+training, :class:`RunEvaluator` is passed to the trainer and writes ``RUN/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from synthimg.config import EvalConfig
+from synthimg.errors import SynthimgError
+from synthimg.evaluation.linear_probe import extract_features, feature_cache_key, train_probe
+from synthimg.evaluation.results import ResultRecord, append_result
+from synthimg.evaluation.zeroshot import evaluate_zeroshot
+from synthimg.tasks.spec import TaskSpec
+
+log = logging.getLogger("synthimg.eval")
+
+
+def _split(task: TaskSpec, split: str, root: str | Path, transform: Any) -> Any | None:
+    """A split, or None (with a warning) when the data has no such split."""
+    from synthimg.tasks.splits import load_split
+
+    try:
+        return load_split(task, split, root, transform)
+    except SynthimgError as err:
+        if "no split" in str(err) or f"no {split}/" in str(err):
+            log.warning("skipping split %s: %s", split, err)
+            return None
+        raise
+
+
+def zeroshot_records(
+    classifier: Any, transform: Any, task: TaskSpec, root: str | Path, cfg: EvalConfig, device: str,
+    base: dict[str, Any], wise_alpha: float | None = None,
+) -> list[ResultRecord]:
+    """One ``zs`` line per evaluation split (val for model selection, test for reporting)."""
+    records = []
+    for split in cfg.splits:
+        dataset = _split(task, split, root, transform)
+        if dataset is None:
+            continue
+        metrics = evaluate_zeroshot(classifier, dataset, cfg.batch_size, cfg.workers, device)
+        records.append(ResultRecord(**base, task="zeroshot_classification", eval_mode="zs", split=split,
+                                    metrics=metrics, wise_alpha=wise_alpha))
+    return records
+
+
+def linear_probe_records(
+    encode: Any, transform: Any, task: TaskSpec, root: str | Path, cfg: EvalConfig, device: str,
+    base: dict[str, Any], cache_dir: Path | None = None, cache_tag: str = "",
+) -> list[ResultRecord]:
+    """``lp`` lines for val and test at the probe epoch that is best on val.
+
+    When the data has no val split, 20% of the train features (seed 42) stand in for it,
+    so the choice is never made on test.
+    """
+    import torch
+
+    feats = {}
+    for split in ("train", "val", "test"):
+        dataset = _split(task, split, root, transform)
+        if dataset is None:
+            continue
+        cache = cache_dir / f"{feature_cache_key(cache_tag, task.name, split, root)}.pt" if cache_dir else None
+        feats[split] = extract_features(encode, dataset, cfg.batch_size, cfg.workers, device, cache)
+    if "train" not in feats or "test" not in feats:
+        raise SynthimgError(f"the linear probe needs the train and test splits of {task.name} under {root}")
+    if "val" not in feats:
+        x, y = feats["train"]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(42))
+        cut = len(x) // 5
+        feats["val"], feats["train"] = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    result = train_probe(feats["train"], feats["val"], feats["test"], task.num_classes, lr=cfg.lp_lr,
+                         batch_size=cfg.lp_batch_size, epochs=cfg.lp_epochs, wd=cfg.lp_wd, seed=base.get("seed", 0))
+    return [
+        ResultRecord(**base, task="linear_probe", eval_mode="lp", split=split, metrics=metrics, lp_epoch=result.best_epoch)
+        for split, metrics in (("val", result.val), ("test", result.test))
+        if split in cfg.splits and metrics is not None
+    ]
+
+
+class RunEvaluator:
+    """Per-epoch zero-shot evaluation and a final linear probe for a training run."""
+
+    def __init__(self, task: TaskSpec, root: str | Path, cfg: EvalConfig):
+        self.task, self.root, self.cfg = task, root, cfg
+
+    def _write(self, run_dir: Path, records: list[ResultRecord]) -> None:
+        for r in records:
+            append_result(run_dir / "results.jsonl", r)
+            log.info("eval %s %s epoch %d%s: acc1 %.4f", r.eval_mode, r.split, r.epoch,
+                     f" wise_alpha {r.wise_alpha}" if r.wise_alpha is not None else "", r.metrics.acc1)
+
+    def on_epoch(self, learner: Any, base: dict[str, Any], run_dir: Path, device: str, wise_alpha: float | None = None) -> None:
+        if "zs" in self.cfg.modes:
+            self._write(run_dir, zeroshot_records(learner.classifier(), learner.transform_eval, self.task, self.root,
+                                                  self.cfg, device, base, wise_alpha=wise_alpha))
+
+    def on_finish(self, learner: Any, base: dict[str, Any], run_dir: Path, device: str) -> None:
+        if "lp" in self.cfg.modes:
+            self._write(run_dir, linear_probe_records(learner.encode_image, learner.transform_eval, self.task, self.root,
+                                                      self.cfg, device, base, cache_dir=run_dir / "features",
+                                                      cache_tag=f"{run_dir.name}/epoch{base['epoch']}"))
+
+
+def load_learner(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a learner from a synthimg checkpoint (``weights_only``); returns it and the checkpoint."""
+    import torch
+
+    from synthimg.config import Config
+    from synthimg.tasks import get_task
+    from synthimg.train.learners import build_learner
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = Config.model_validate(ckpt["config"])
+    learner = build_learner(cfg.train, get_task(ckpt["task"]), device, pretrained=None)
+    learner.model.load_state_dict(ckpt["state_dict"])
+    learner.model.eval()
+    return learner, ckpt
+
+
+def is_synthimg_checkpoint(path: str | Path) -> bool:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        return "synthimg" in torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an open_clip checkpoint with other contents
+        return False
+
+
+def evaluate(
+    model: str, pretrained: str | None, task: TaskSpec, root: str | Path, cfg: EvalConfig, output: str | Path,
+    arm: str = "zeroshot_baseline", seed: int = 0, cache_dir: Path | None = None,
+) -> list[ResultRecord]:
+    """Evaluate an open_clip model or a synthimg checkpoint; append the lines to ``output``."""
+    from synthimg.config import config_hash
+    from synthimg.models.clip import ClipClassifier, create_clip
+    from synthimg.runtime import default_device
+
+    device = default_device()
+    if pretrained and is_synthimg_checkpoint(pretrained):
+        learner, ckpt = load_learner(pretrained, device)
+        tcfg = ckpt["config"]["train"]
+        base = {"dataset": task.name, "model": tcfg["model"], "pretrained": str(pretrained),
+                "arm": tcfg.get("arm") or arm, "finetune": ckpt["learner"], "seed": tcfg["seed"],
+                "epoch": ckpt["epoch"], "lr": tcfg["lr"], "config_hash": config_hash(ckpt["config"]),
+                "run": ckpt["name"]}
+        classifier, encode, transform = learner.classifier(), learner.encode_image, learner.transform_eval
+    else:
+        bundle = create_clip(model, pretrained, device=device)
+        bundle.model.eval()
+        from synthimg.models.clip import zeroshot_head
+
+        head = zeroshot_head(bundle.model, bundle.tokenizer, [task.prompts(c) for c in range(task.num_classes)], device)
+        classifier = ClipClassifier(bundle.model.visual, head).eval()
+        encode, transform = classifier.features, bundle.preprocess_val
+        base = {"dataset": task.name, "model": model, "pretrained": str(pretrained or "none"), "arm": arm,
+                "finetune": "none", "seed": seed, "epoch": 0}
+    records: list[ResultRecord] = []
+    if "zs" in cfg.modes:
+        records += zeroshot_records(classifier, transform, task, root, cfg, device, base)
+    if "lp" in cfg.modes:
+        tag = f"{base['model']}/{base['pretrained']}/{base['epoch']}"
+        records += linear_probe_records(encode, transform, task, root, cfg, device, base, cache_dir, tag)
+    for r in records:
+        append_result(output, r)
+    return records

@@ -1,0 +1,201 @@
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthimg.config import load_config
+from synthimg.data.shards import ShardWriter, finalize, sample_key
+from synthimg.errors import SynthimgError
+from synthimg.evaluation.results import read_results
+from tests.conftest import CLASSNAMES
+
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
+                    [0, 255, 255], [128, 0, 0], [0, 128, 0], [0, 0, 128], [128, 128, 128]])
+
+
+def _jpeg(c: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    a = np.clip(COLOURS[c][None, None] * 0.8 + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _write(out: Path, n: int, offset: int, source: str = "synthetic", maxcount: int = 50) -> None:
+    with ShardWriter(out, maxcount=maxcount) as w:
+        for i in range(n):
+            c = i % 10
+            w.write({"__key__": sample_key(i), "jpg": _jpeg(c, offset + i), "cls": c, "txt": "x",
+                     "json": {"source": source, "class_id": c, "class_name": CLASSNAMES[c]}})
+    finalize(out, CLASSNAMES)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A learnable toy task: colour = class. Training shards plus an eval root in CLIP_benchmark's layout."""
+    root = tmp_path_factory.mktemp("toy")
+    _write(root / "train", 200, 0)
+    for split, n, off in (("train", 100, 10_000), ("val", 50, 20_000), ("test", 100, 30_000)):
+        _write(root / "eval" / split, n, off, "upstream")
+    (root / "eval" / "classnames.txt").write_text("\n".join(CLASSNAMES))
+    return root
+
+
+def _cfg(toy: Path, logs: Path, name: str, *overrides: str):
+    return load_config(overrides=[
+        "task=cifar10", f"train.data=[{toy / 'train'}]", "train.model=synthimg-tiny-vit", "train.pretrained=null",
+        "train.epochs=3", "train.batch_size=20", "train.lr=1e-3", "train.warmup=2", "train.workers=0",
+        "train.precision=fp32", f"train.logs={logs}", f"train.name={name}", "eval.workers=0", "eval.lp_epochs=20",
+        *overrides,
+    ])
+
+
+def test_ce_learns_and_writes_the_run_layout(toy, tmp_path):
+    from synthimg.evaluation.run import RunEvaluator
+    from synthimg.tasks import get_task
+    from synthimg.train.engine import train
+
+    cfg = _cfg(toy, tmp_path, "ce", f"train.eval_root={toy / 'eval'}", "train.wise_alphas=[0.0,1.0]")
+    run = train(cfg, RunEvaluator(get_task("cifar10"), toy / "eval", cfg.eval))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt", "epoch_latest.pt"]
+    assert (run / "config.yaml").is_file() and "samples_per_second_per_gpu" in (run / "out.log").read_text()
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["epoch_losses"][-1] < stats["epoch_losses"][0]
+    records = read_results(run / "results.jsonl")
+    zs = {(r.split, r.epoch): r.metrics.acc1 for r in records if r.eval_mode == "zs" and r.wise_alpha is None}
+    assert set(zs) == {(s, e) for s in ("val", "test") for e in (1, 2, 3)}
+    assert zs[("test", 3)] > 0.5  # chance is 0.1
+    assert {r.arm for r in records} == {"synthetic"} and all(r.num_train_images == 200 for r in records)
+    lp = [r for r in records if r.eval_mode == "lp"]
+    assert {r.split for r in lp} == {"val", "test"} and lp[0].lp_epoch == lp[1].lp_epoch
+    wise = {r.wise_alpha: r.metrics.acc1 for r in records if r.wise_alpha is not None and r.split == "test"}
+    assert wise[1.0] == zs[("test", 3)]  # alpha 1 is the fine-tuned model
+    ckpt = torch.load(run / "checkpoints" / "epoch_latest.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and ckpt["learner"] == "ce"
+
+    # every line, saved alone as .json, is read by CLIP_benchmark's `build`
+    single = tmp_path / "single"
+    single.mkdir()
+    for i, line in enumerate((run / "results.jsonl").read_text().splitlines()):
+        (single / f"{i}.json").write_text(line)
+    proc = subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "build", str(single), "--output", str(tmp_path / "b.csv")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert "synthimg-tiny-vit none" in (tmp_path / "b.csv").read_text()
+
+    # `synthimg eval` on a checkpoint reproduces the in-training number
+    from synthimg.evaluation.run import evaluate
+
+    again = evaluate("ignored", str(run / "checkpoints" / "epoch_2.pt"), get_task("cifar10"), toy / "eval",
+                     cfg.eval.model_copy(update={"modes": ["zs"]}), tmp_path / "r.jsonl")
+    assert {r.split: r.metrics.acc1 for r in again} == {"val": zs[("val", 2)], "test": zs[("test", 2)]}
+
+
+@pytest.mark.parametrize("overrides", [["train.finetune=flyp"], ["train.finetune=lp"],
+                                       ["train.learner=timm", "train.model=test_vit", "train.batch_size=10"]])
+def test_other_learners_run(toy, tmp_path, overrides):
+    from synthimg.train.engine import train
+
+    cfg = _cfg(toy, tmp_path, "x", "train.epochs=1", "train.steps_per_epoch=3", *overrides)
+    run = train(cfg)
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["steps"] == 3 and np.isfinite(stats["epoch_losses"][0])
+
+
+def test_lp_learner_freezes_the_tower(toy, tmp_path):
+    from synthimg.train.engine import train
+
+    cfg = _cfg(toy, tmp_path, "lp", "train.finetune=lp", "train.epochs=1", "train.steps_per_epoch=2")
+    run = train(cfg)
+    state = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=True)["state_dict"]
+    from synthimg.models.clip import create_clip
+
+    torch.manual_seed(0)
+    fresh = create_clip("synthimg-tiny-vit").model.visual.state_dict()
+    assert all(torch.equal(state[f"visual.{k}"], v) for k, v in fresh.items())
+
+
+def _run_cli(args: list[str], launcher: list[str] | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([*(launcher or [sys.executable, "-m", "synthimg"]), "--quiet", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _train_args(toy: Path, logs: Path, name: str, *extra: str) -> list[str]:
+    return ["--train-data", str(toy / "train"), "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained",
+            "none", "--epochs", "4", "--batch-size", "20", "--lr", "1e-3", "--warmup", "2", "--workers", "2",
+            "--logs", str(logs), "--name", name, "train.precision=fp32", *extra]
+
+
+def test_kill_9_then_resume_reaches_the_same_weights(toy, tmp_path):
+    whole = _run_cli(_train_args(toy, tmp_path, "whole"))
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
+    killed = _run_cli(_train_args(toy, tmp_path, "killed"), start_new_session=True)
+    marker = tmp_path / "killed" / "checkpoints" / "epoch_2.pt"
+    deadline = time.time() + 300
+    while not marker.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)  # the trainer and its loader workers
+    killed.wait()
+    assert not (tmp_path / "killed" / "checkpoints" / "epoch_4.pt").exists()
+    resumed = _run_cli([*_train_args(toy, tmp_path, "killed"), "--resume", "latest"])
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "epoch_4.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / "epoch_4.pt", weights_only=True)
+    assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v, b["state_dict"][k], atol=1e-6), k
+
+
+def test_two_process_gloo_matches_one_process(toy, tmp_path):
+    full = tmp_path / "full"
+    _write(full, 40, 0, maxcount=10)
+    common = ["--train-data", str(full), "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained", "none",
+              "--epochs", "2", "--batch-size", "40", "--lr", "1e-3", "--warmup", "0", "--workers", "0",
+              "--logdir", str(tmp_path), "train.precision=fp32", "train.augment=false", "train.shuffle_buffer=0"]
+    one = _run_cli([*common, "--name", "one"])
+    assert one.wait(timeout=300) == 0, one.stderr.read()[-2000:]
+    two = _run_cli([*common, "--name", "two"],
+                   launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "synthimg"])
+    assert two.wait(timeout=300) == 0, two.stderr.read()[-3000:]
+    s1 = json.loads((tmp_path / "one" / "train_stats.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "train_stats.json").read_text())
+    assert s2["world_size"] == 2
+    assert s1["epoch_losses"] == pytest.approx(s2["epoch_losses"], rel=1e-4)
+
+
+def test_bad_input(toy, tmp_path):
+    from synthimg.data.manifest import write_keys
+    from synthimg.train.engine import Trainer
+
+    keys = write_keys([sample_key(1), "999999999", "999999998"], tmp_path / "k.parquet")
+    with pytest.raises(SynthimgError, match="2 keys of the key list are not in"):
+        Trainer(_cfg(toy, tmp_path, "k", f"train.keys=[{keys}]"))
+    with pytest.raises(SynthimgError, match="close matches: .*ViT-B-16"):
+        Trainer(_cfg(toy, tmp_path, "m", "train.model=ViT-B-61")).run()
+    with pytest.raises(SynthimgError, match="not divisible"):
+        Trainer(_cfg(toy, tmp_path, "b", "train.batch_size=21", "train.grad_accum=2"))
+
+
+def test_best_probe_epoch_is_chosen_on_val_only():
+    from synthimg.evaluation.linear_probe import train_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    val_x = torch.randn(50, 8, generator=g)
+    test_x = torch.randn(50, 8, generator=g)
+    result = train_probe((x, y), (val_x, (val_x[:, 0] > 0).long()), (test_x, (test_x[:, 1] > 0).long()), 2,
+                         lr=0.05, batch_size=32, epochs=15)
+    val_curve = [h["val_acc1"] for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmax(val_curve))
+    assert result.test["acc1"] == result.history[result.best_epoch - 1]["test_acc1"]
