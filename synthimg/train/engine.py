@@ -35,6 +35,9 @@ class RunState:
     step: int = 0
     elapsed: float = 0.0
     losses: list[float] = field(default_factory=list)
+    steady_since: float | None = None  # wall time after this process's first step (start-up excluded)
+    steady_steps: int = 0
+    steady_until: float = 0.0
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -163,6 +166,11 @@ class Trainer:
             for step_in_epoch in range(self.steps_per_epoch):
                 loss_value = self._step(learner, opt, params, batches)
                 state.step += 1
+                if state.steady_since is None:
+                    state.steady_since = time.time()
+                else:
+                    state.steady_steps += 1
+                    state.steady_until = time.time()
                 sched.step_update(state.step)
                 epoch_losses.append(loss_value)
                 window_n += self.tcfg.batch_size
@@ -270,6 +278,8 @@ class Trainer:
         if self.rank == 0:
             stats = {"epochs": state.epoch, "steps": state.step, "duration": round(state.elapsed, 3),
                      "samples_per_second": round(state.step * self.tcfg.batch_size / max(1e-9, state.elapsed), 2),
+                     "steady_samples_per_second": round(state.steady_steps * self.tcfg.batch_size / max(
+                         1e-9, state.steady_until - state.steady_since), 2) if state.steady_since and state.steady_steps else None,
                      "world_size": self.world, "epoch_losses": state.losses, "num_train_images": self.num_samples,
                      "gpu_hours": state.elapsed * self.world / 3600.0, "device": self.device}
             (self.run_dir / "train_stats.json").write_text(json.dumps(stats, indent=1))
