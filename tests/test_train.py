@@ -199,3 +199,23 @@ def test_best_probe_epoch_is_chosen_on_val_only():
     val_curve = [h["val_acc1"] for h in result.history]
     assert result.best_epoch == 1 + int(np.argmax(val_curve))
     assert result.test["acc1"] == result.history[result.best_epoch - 1]["test_acc1"]
+
+
+def test_mixing_two_arms_and_a_missing_eval_root(toy, tmp_path):
+    from synthimg.evaluation.run import RunEvaluator
+    from synthimg.tasks import get_task
+    from synthimg.train.engine import train
+
+    other = tmp_path / "retrieved"
+    _write(other, 60, 50_000, source="retrieved", maxcount=20)
+    cfg = _cfg(toy, tmp_path, "mix", f"train.data=[{toy / 'train'},{other}]", "train.weights=[1.0,1.0]",
+               "train.epochs=1", "train.workers=1")
+    run = train(cfg)
+    stats = json.loads((run / "train_stats.json").read_text())
+    assert stats["num_train_images"] == 260 and stats["steps"] == 13
+    assert json.loads((run / "train_stats.json").read_text())["epoch_losses"][0] > 0
+    from synthimg.train.data import infer_arm, resolve_sources
+
+    assert infer_arm(resolve_sources(cfg.train)) == "mixed"
+    with pytest.raises(SynthimgError, match="does not exist"):
+        RunEvaluator(get_task("cifar10"), tmp_path / "nowhere", cfg.eval)

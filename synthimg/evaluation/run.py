@@ -89,6 +89,7 @@ class RunEvaluator:
 
     def __init__(self, task: TaskSpec, root: str | Path, cfg: EvalConfig):
         self.task, self.root, self.cfg = task, root, cfg
+        _split(task, cfg.splits[0], root, None)  # a missing or wrong root fails now, not after an epoch
 
     def _write(self, run_dir: Path, records: list[ResultRecord]) -> None:
         for r in records:

@@ -125,6 +125,7 @@ class Trainer:
         self.steps_per_epoch = self.tcfg.steps_per_epoch or max(1, math.ceil(self.num_samples / self.tcfg.batch_size))
         self.hash = config_hash(cfg)
         self.evaluator = evaluator
+        self.trackers = _trackers(self.tcfg.report_to, self.run_dir, cfg) if self.rank == 0 else []
 
     # -- building -----------------------------------------------------------------------------
     def _build(self) -> tuple[Learner, dict[str, torch.Tensor]]:
@@ -176,6 +177,10 @@ class Trainer:
                 window_n += self.tcfg.batch_size
                 if state.step % self.tcfg.log_every == 0 or step_in_epoch == self.steps_per_epoch - 1:
                     rate = window_n / max(1e-9, time.time() - window_t)
+                    for track in self.trackers:
+                        track({"train/loss": loss_value, "train/lr": opt.param_groups[0]["lr"],
+                               "train/samples_per_second": rate, "train/samples_per_second_per_gpu": rate / self.world},
+                              state.step)
                     log.info("epoch %d step %d/%d loss %.4f lr %.3g samples_per_second %.1f samples_per_second_per_gpu %.1f",
                              epoch + 1, step_in_epoch + 1, self.steps_per_epoch, loss_value, opt.param_groups[0]["lr"],
                              rate, rate / self.world)
@@ -284,6 +289,26 @@ class Trainer:
                      "gpu_hours": state.elapsed * self.world / 3600.0, "device": self.device}
             (self.run_dir / "train_stats.json").write_text(json.dumps(stats, indent=1))
         barrier()
+
+
+def _trackers(names: list[str], run_dir: Path, cfg: Config) -> list[Any]:
+    """Optional TensorBoard / wandb loggers: callables ``(metrics, step)``."""
+    trackers = []
+    if "tensorboard" in names:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SynthimgError("train.report_to tensorboard needs the tensorboard package: pip install tensorboard") from None
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        trackers.append(lambda metrics, step: [writer.add_scalar(k, v, step) for k, v in metrics.items()])
+    if "wandb" in names:
+        try:
+            import wandb
+        except ImportError:
+            raise SynthimgError("train.report_to wandb needs the wandb package: pip install wandb") from None
+        wandb.init(project="synthimg", name=run_dir.name, dir=str(run_dir), config=to_dict(cfg))
+        trackers.append(lambda metrics, step: wandb.log(metrics, step=step))
+    return trackers
 
 
 def _as_tuple(value: Any) -> Any:
