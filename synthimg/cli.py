@@ -29,6 +29,9 @@ config_app = typer.Typer(help="Resolve and print configs.", no_args_is_help=True
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(shards_app, name="shards")
 app.add_typer(config_app, name="config")
+captions_app = typer.Typer(help="Class-targeted captions (LLM or templates) with exact per-class quotas.",
+                            invoke_without_command=True)
+app.add_typer(captions_app, name="captions")
 curate_app = typer.Typer(help="Curation: CLIP-score filter, decontamination, caps, seeded subsets.", no_args_is_help=True)
 app.add_typer(curate_app, name="curate")
 
@@ -470,6 +473,72 @@ def eval_cmd(
                        cache_dir=output.parent / "features")
     for r in records:
         typer.echo(f"{r.dataset} {r.model} {r.pretrained} {r.eval_mode} {r.split}: acc1 {r.metrics.acc1:.4f}")
+
+
+def _captions_config(config: Optional[Path], overrides: Optional[list[str]], task: Optional[str], **flags: Any) -> Any:
+    from synthimg.config import load_config
+
+    extra: dict[str, Any] = {"captions": {k: v for k, v in flags.items() if v is not None}}
+    if task is not None:
+        extra["task"] = task
+    cfg = load_config(config, overrides, extra=extra)
+    if cfg.task is None:
+        raise SynthimgError("--task is required")
+    return cfg
+
+
+@captions_app.callback()
+def captions_cmd(
+    ctx: typer.Context,
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="exactly this many unique captions per class"),
+    method: Optional[str] = typer.Option(None, help="llm (SynCLR-style) or template"),
+    llm: Optional[str] = typer.Option(None, "--llm", help="causal LM hub ID or local path"),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible endpoint"),
+    llm_backend: Optional[str] = typer.Option(None, "--llm-backend", help="transformers, vllm or openai"),
+    seed: Optional[int] = typer.Option(None),
+    backgrounds: Optional[str] = typer.Option(None, help="backgrounds JSON (from `captions backgrounds`)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Write OUT/captions.parquet: class_id, class_name, caption and provenance, exactly --per-class each."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from synthimg.config import save_resolved
+    from synthimg.synthetic.captions import make_captions
+    from synthimg.tasks import get_task
+
+    if out is None:
+        raise SynthimgError("--out is required")
+    cfg = _captions_config(config, overrides, task, per_class=per_class, method=method, llm=llm, llm_url=llm_url,
+                           llm_backend=llm_backend, seed=seed, backgrounds=backgrounds)
+    table, stats = make_captions(get_task(cfg.task), cfg.captions, out)
+    save_resolved(cfg, out)
+    short = stats["short_classes"]
+    typer.echo(f"wrote {len(table)} captions ({cfg.captions.per_class} per class, {cfg.captions.method}) to "
+               f"{out / 'captions.parquet'}; {len(short)} classes short of the quota")
+    for name, n in list(short.items())[:20]:
+        typer.echo(f"short: {name} has {n} of {cfg.captions.per_class}", err=True)
+
+
+@captions_app.command("backgrounds")
+def captions_backgrounds(
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    llm: Optional[str] = typer.Option(None, "--llm"),
+    llm_url: Optional[str] = typer.Option(None, "--llm-url"),
+    per_class: int = typer.Option(20, "--per-class", help="places per class"),
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file (a cache: known classes are not asked again)"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Ask an LLM for per-class background places (the paper used GPT-4) and cache them as JSON."""
+    from synthimg.synthetic.captions import make_backgrounds
+    from synthimg.tasks import get_task
+
+    cfg = _captions_config(config, overrides, task, llm=llm, llm_url=llm_url)
+    data = make_backgrounds(get_task(cfg.task), cfg.captions, out, per_class)
+    typer.echo(f"{len(data)} classes with backgrounds in {out}; use --backgrounds {out}")
 
 
 def _fail(message: str, code: int = 2) -> None:

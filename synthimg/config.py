@@ -46,15 +46,20 @@ class CaptionsConfig(StageConfig):
     """The synthetic arm's caption stage (SynCLR-style prompting, paper Sec. 3.1)."""
 
     method: Literal["template", "llm"] = "template"
-    per_class: int = Field(100, gt=0)
+    per_class: int = Field(100, gt=0, description="exactly this many unique captions per class")
     seed: int = 0
-    llm: str | None = Field(None, description="hub ID or local path of a causal LM")
-    llm_url: str | None = Field(None, description="OpenAI-compatible endpoint")
-    llm_backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    llm: str | None = Field(None, description="hub ID or local path of a causal LM (the paper: Llama-2 7B base)")
+    llm_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    llm_backend: Literal["transformers", "vllm", "openai"] | None = Field(
+        None, description="None: openai when llm_url is set, else transformers")
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(100, gt=0)
+    max_chars: int = Field(300, gt=0, description="longer captions are dropped")
     batch_size: int = Field(32, gt=0)
+    max_rounds: int = Field(50, gt=0, description="top-up rounds before a class is reported short")
+    backgrounds: str | None = Field(None, description="JSON of backgrounds (per class or a list); None: the task's default")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
 
 
 class GenerateConfig(StageConfig):

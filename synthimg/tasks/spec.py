@@ -66,7 +66,9 @@ class TaskSpec(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     classnames: list[str]
     templates: list[str]
-    category_word: str = Field("", description="added to fine-grained names by the synthetic arm, e.g. 'aircraft'")
+    category_word: str = Field("", description="the task's domain word, e.g. 'aircraft'")
+    caption_category_word: bool = Field(
+        False, description="append category_word to class names in caption prompts (the paper: Aircraft, Cars)")
     templates_source: str = ""
     classnames_source: str = ""
     notes: list[str] = Field(default_factory=list)

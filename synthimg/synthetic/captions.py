@@ -1,0 +1,213 @@
+"""Class-targeted captions with exact per-class quotas (``synthimg captions``).
+
+Methods (a registry): ``llm`` (SynCLR-style prompting through any LLM backend) and
+``template`` (the task's zero-shot templates combined with hand-written scene phrases; the
+offline fallback). Unlike the paper's ``random.choice`` over classes, every class gets
+exactly ``per_class`` unique captions: short classes are topped up round after round, and a
+class that cannot reach its quota is reported, never hidden.
+
+LLM work is cut into chunks of classes written to ``OUT/_parts/``; a rerun skips finished
+chunks. Every caption records its prompt type, in-context example ids, relation or
+background, the LLM id, sampling parameters and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synthimg.config import CaptionsConfig
+from synthimg.synthetic.prompting import PromptBuilder, clean_caption, concept
+from synthimg.tasks.spec import TaskSpec, article
+
+METHODS: dict[str, Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]]] = {}
+CLASSES_PER_CHUNK = 50
+
+
+def register(name: str) -> Callable[[Any], Any]:
+    def wrap(fn: Any) -> Any:
+        METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register("template")
+def template_captions(task: TaskSpec, cfg: CaptionsConfig, classes: list[int], **_: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Zero-shot prompts alone and combined with scene phrases, shuffled per class by the seed."""
+    phrases = json.loads((resources.files("synthimg") / "data_manifests" / "captions" / "scene_phrases.json").read_text())["phrases"]
+    rows = []
+    for c in classes:
+        candidates: dict[str, dict[str, Any]] = {}
+        for t, prompt in enumerate(task.prompts(c)):
+            candidates.setdefault(prompt, {"template": t, "phrase": None})
+        name = concept(task, c)
+        for phrase in phrases:
+            candidates.setdefault(f"a photo of {article(name)} {name} {phrase}.", {"template": None, "phrase": phrase})
+        order = list(candidates)
+        random.Random(f"{cfg.seed}/{c}").shuffle(order)
+        for i, caption in enumerate(order[: cfg.per_class]):
+            rows.append({"class_id": c, "caption": caption, "prompt_type": "template",
+                         "template_index": candidates[caption]["template"], "background": candidates[caption]["phrase"]})
+    return rows, {}
+
+
+@register("llm")
+def llm_captions(
+    task: TaskSpec, cfg: CaptionsConfig, classes: list[int], llm: Any = None, chunk: int = 0, progress: Any = None,
+    seen: set[str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Prompt the LLM until each class has ``per_class`` unique cleaned captions (or rounds run out).
+
+    ``seen`` holds the captions of earlier chunks: a caption is unique across the whole set,
+    since one caption under two labels would teach nothing.
+    """
+    builder = PromptBuilder(task, cfg.seed, cfg.backgrounds)
+    have: dict[int, list[dict[str, Any]]] = {c: [] for c in classes}
+    seen = seen if seen is not None else set()
+    attempts = {c: 0 for c in classes}
+    counts = {"generated": 0, "duplicates": 0, "rejected": 0, "chars": 0}
+    for round_ in range(cfg.max_rounds):
+        short = [c for c in classes if len(have[c]) < cfg.per_class]
+        if not short:
+            break
+        prompts = []
+        for c in short:
+            need = cfg.per_class - len(have[c])
+            for _ in range(need + max(1, need // 4)):  # over-ask a little: some come back empty or repeated
+                prompts.append(builder.build(c, attempts[c]))
+                attempts[c] += 1
+        for b in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[b : b + cfg.batch_size]
+            seed = hash_seed(cfg.seed, chunk, round_, b)
+            for prompt, text in zip(batch, llm.complete([p.text for p in batch], seed)):
+                counts["generated"] += 1
+                counts["chars"] += len(text)
+                caption = clean_caption(text, cfg.max_chars)
+                c = prompt.class_id
+                if caption is None:
+                    counts["rejected"] += 1
+                elif caption.lower() in seen:
+                    counts["duplicates"] += 1
+                elif len(have[c]) < cfg.per_class:
+                    seen.add(caption.lower())
+                    have[c].append({
+                        "class_id": c, "caption": caption, "prompt_type": prompt.prompt_type,
+                        "example_ids": json.dumps(prompt.example_ids), "relation": prompt.relation,
+                        "background": prompt.background, "prompt": prompt.text, "llm_seed": seed,
+                    })
+            if progress is not None:
+                progress(len(batch))
+    return [row for c in classes for row in have[c]], counts
+
+
+def hash_seed(*parts: int) -> int:
+    """A 31-bit seed from integers, stable across runs and platforms."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Write ``OUT/captions.parquet`` and ``OUT/captions_stats.json``; resumable by class chunk."""
+    from synthimg.progress import progress_bar
+
+    out = Path(out)
+    parts_dir = out / "_parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    llm = None
+    if cfg.method == "llm":
+        from synthimg.synthetic.llm import create_llm
+
+        llm = create_llm(cfg)
+    chunks = [list(range(i, min(i + CLASSES_PER_CHUNK, task.num_classes))) for i in range(0, task.num_classes, CLASSES_PER_CHUNK)]
+    totals = {"generated": 0, "duplicates": 0, "rejected": 0, "chars": 0}
+    seen: set[str] = set()
+    with progress_bar(total=task.num_classes * cfg.per_class, description=f"captions ({cfg.method})", enabled=progress) as bar:
+        for i, classes in enumerate(chunks):
+            part = parts_dir / f"chunk_{i:05d}.parquet"
+            if part.is_file():
+                seen |= {c.lower() for c in pd.read_parquet(part, columns=["caption"])["caption"]}
+                bar.advance(len(classes) * cfg.per_class)
+                continue
+            rows, counts = METHODS[cfg.method](task, cfg, classes, llm=llm, chunk=i, progress=bar.advance, seen=seen)
+            for k, v in counts.items():
+                totals[k] += v
+            frame = pd.DataFrame(rows, columns=_COLUMNS) if rows else pd.DataFrame(columns=_COLUMNS)
+            tmp = part.with_name(part.name + ".tmp")
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(part)
+    table = pd.concat([pd.read_parquet(p) for p in sorted(parts_dir.glob("chunk_*.parquet"))], ignore_index=True)
+    table = _provenance(table, task, cfg, llm)
+    path = out / "captions.parquet"
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    per_class = table.groupby("class_id").size().reindex(range(task.num_classes), fill_value=0)
+    duration = time.time() - start
+    stats = {
+        "count": int(len(table)), "per_class_quota": cfg.per_class, "method": cfg.method,
+        "per_class": {task.classnames[c]: int(n) for c, n in per_class.items()},
+        "short_classes": {task.classnames[c]: int(n) for c, n in per_class.items() if n < cfg.per_class},
+        "duplicates_dropped": totals["duplicates"], "rejected": totals["rejected"], "generated": totals["generated"],
+        "duration": round(duration, 3), "captions_per_sec": round(len(table) / duration, 2) if duration else None,
+        "chars_per_sec": round(totals["chars"] / duration, 1) if duration else None, "llm": getattr(llm, "id", None),
+    }
+    (out / "captions_stats.json").write_text(json.dumps(stats, indent=1))
+    return table, stats
+
+
+_COLUMNS = ["class_id", "caption", "prompt_type", "template_index", "example_ids", "relation", "background",
+            "prompt", "llm_seed"]
+
+
+def _provenance(table: pd.DataFrame, task: TaskSpec, cfg: CaptionsConfig, llm: Any) -> pd.DataFrame:
+    table = table.sort_values(["class_id"], kind="stable").reset_index(drop=True)
+    table["class_id"] = table["class_id"].astype(int)
+    table["class_name"] = [task.classnames[c] for c in table["class_id"]]
+    table["caption_index"] = table.groupby("class_id").cumcount()
+    table["caption_method"] = cfg.method
+    table["caption_seed"] = cfg.seed
+    table["llm"] = getattr(llm, "id", None)
+    if cfg.method == "llm":
+        table["temperature"], table["top_p"], table["max_new_tokens"] = cfg.temperature, cfg.top_p, cfg.max_new_tokens
+    first = ["class_id", "class_name", "caption_index", "caption"]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def make_backgrounds(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, per_class: int = 20) -> dict[str, list[str]]:
+    """Ask the LLM for places where each class is photographed (the paper used GPT-4); cached in ``out``.
+
+    Classes already in ``out`` are not asked again. The file is what ``captions.backgrounds`` reads.
+    """
+    from synthimg.synthetic.llm import create_llm
+
+    out = Path(out)
+    cache: dict[str, list[str]] = json.loads(out.read_text()) if out.is_file() else {}
+    todo = [c for c in range(task.num_classes) if task.classnames[c] not in cache]
+    if todo:
+        llm = create_llm(cfg)
+        for b in range(0, len(todo), cfg.batch_size):
+            batch = todo[b : b + cfg.batch_size]
+            prompts = [f"List {per_class} different places or environments where a photo of a {concept(task, c)} "
+                       f"could be taken, one per line.\n1." for c in batch]
+            for c, text in zip(batch, llm.complete(prompts, hash_seed(cfg.seed, b))):
+                places = []
+                for line in ("1." + text).splitlines():
+                    place = line.split(".", 1)[-1].strip(" -*\t").strip()
+                    if place and len(place) <= 60 and place.lower() not in {p.lower() for p in places}:
+                        places.append(place)
+                cache[task.classnames[c]] = places[:per_class] or ["a plain background"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(out)
+    return cache
