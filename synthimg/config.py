@@ -63,9 +63,10 @@ class CaptionsConfig(StageConfig):
 
 
 class GenerateConfig(StageConfig):
-    """The synthetic arm's text-to-image stage. Defaults: SD 1.5, DDIM 50 steps, eta 0, CFG 2.0."""
+    """The synthetic arm's text-to-image stage. Defaults: SD 1.5, DDIM 50 steps, eta 0, CFG 2.0, 512 px stored at 256."""
 
     model_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    preset: Literal["paper", "fast"] | None = Field(None, description="paper: DDIM 50; fast: DPM-Solver++ 25 steps")
     scheduler: Literal["ddim", "dpmsolver++", "pndm", "euler", "euler_a"] = "ddim"
     steps: int = Field(50, gt=0)
     # The paper uses CFG 2.0; the official script's default of 9.0 is a bug.
@@ -75,12 +76,16 @@ class GenerateConfig(StageConfig):
     width: int = Field(512, gt=0, multiple_of=8)
     stored_size: int = Field(256, gt=0)
     images_per_caption: int = Field(1, gt=0)
+    images_per_shard: int = Field(1000, gt=0)
     batch_size: int = Field(16, gt=0)
     negative_prompt: str | None = None
     seed: int = 0
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp16"
-    compile: bool = False
-    safety_checker: bool = False
+    dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="on GPU; CPU always runs fp32")
+    compile: bool = Field(False, description="torch.compile the UNet; batches are padded to a fixed shape")
+    safety_checker: bool = Field(False, description="run the checker explicitly and drop (and count) flagged images")
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    init_shards: str | None = Field(None, description="img2img (SDEdit): render from these real images")
+    strength: float = Field(0.5, gt=0, le=1)
 
 
 class RetrieveConfig(StageConfig):

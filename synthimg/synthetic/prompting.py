@@ -105,8 +105,12 @@ def _lhs(kind: str, c: str, relation: str | None, background: str | None) -> str
 
 
 def clean_caption(text: str, max_chars: int) -> str | None:
-    """Keep only the first line; None for an empty or over-long caption."""
-    first = text.strip().split("\n", 1)[0].strip().strip('"').strip()
+    """Keep only the first line, without control characters; None for an empty or over-long caption."""
+    import unicodedata
+
+    first = text.strip().split("\n", 1)[0]
+    first = "".join(ch for ch in first if unicodedata.category(ch)[0] != "C" or ch == " ")
+    first = " ".join(first.split()).strip('"').strip()
     if not first or len(first) > max_chars:
         return None
     return first

@@ -35,10 +35,3 @@ def setup() -> tuple[int, int, str]:
         torch.cuda.set_device(local)
         return rank, world, f"cuda:{local}"
     return rank, world, "cpu"
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

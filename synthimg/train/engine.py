@@ -23,7 +23,8 @@ import torch
 
 from synthimg.config import Config, config_hash, save_resolved, to_dict
 from synthimg.errors import SynthimgError
-from synthimg.train.distributed import barrier, setup
+from synthimg.runtime import barrier
+from synthimg.train.distributed import setup
 from synthimg.train.learners import Learner, build_learner, learner_name
 
 log = logging.getLogger("synthimg.train")

@@ -1,0 +1,218 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from synthimg.config import CaptionsConfig, GenerateConfig
+from synthimg.errors import SynthimgError
+from synthimg.synthetic.captions import make_captions
+from synthimg.synthetic.prompting import PromptBuilder, concept, load_incontext
+from synthimg.tasks import get_task
+from tests.tiny_models import tiny_causal_lm, tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {"lm": tiny_causal_lm(root / "lm"), "sd": tiny_sd_pipeline(root / "sd")}
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_template_captions_exact_quota(tmp_path):
+    table, stats = make_captions(get_task("fgvc_aircraft"), CaptionsConfig(method="template", per_class=5), tmp_path,
+                                 progress=False)
+    assert len(table) == 500 and table["caption"].nunique() == 500
+    assert table.groupby("class_id").size().eq(5).all() and not stats["short_classes"]
+    assert {"class_id", "class_name", "caption", "caption_method", "caption_seed"} <= set(table.columns)
+    again, _ = make_captions(get_task("fgvc_aircraft"), CaptionsConfig(method="template", per_class=5), tmp_path / "b",
+                             progress=False)
+    assert again["caption"].tolist() == table["caption"].tolist()
+
+
+def test_llm_captions_exact_quota_with_provenance(models, tmp_path):
+    cfg = CaptionsConfig(method="llm", per_class=5, llm=str(models["lm"]), max_new_tokens=12, batch_size=64, seed=3)
+    table, stats = make_captions(get_task("fgvc_aircraft"), cfg, tmp_path, progress=False)
+    assert len(table) == 500 and table["caption"].nunique() == 500 and table.groupby("class_id").size().eq(5).all()
+    assert set(table["prompt_type"]) <= {"c", "c_relation", "c_background"}
+    row = table.iloc[0]
+    assert row["llm"] == str(models["lm"]) and row["temperature"] == 0.8 and row["top_p"] == 0.9
+    assert len(json.loads(row["example_ids"])) == 3 and row["caption_seed"] == 3
+    assert "\n" not in "".join(table["caption"]) and stats["generated"] >= 500
+    assert "707-320 aircraft =>" in table[table.class_id == 0]["prompt"].iloc[0]  # the category word is added ...
+    assert set(table[table.class_id == 0]["class_name"]) == {"707-320"}  # ... and not part of the label
+    again, _ = make_captions(get_task("fgvc_aircraft"), cfg, tmp_path / "again", progress=False)
+    assert again["prompt"].tolist() == table["prompt"].tolist()  # the same seed gives the same prompts
+
+
+def test_prompt_mix_and_examples():
+    data = load_incontext()
+    assert all(len(v) >= 20 for v in data["examples"].values()) and len(data["relations"]) == 10
+    builder = PromptBuilder(get_task("stanford_cars"), seed=0)
+    kinds = Counter(builder.build(c % 196, a).prompt_type for c in range(196) for a in range(20))
+    total = sum(kinds.values())
+    assert abs(kinds["c"] / total - 0.44) < 0.03 and abs(kinds["c_relation"] / total - 0.11) < 0.02
+    p = builder.build(5, 7)
+    assert p.text.count("=>") == 4 and p.text.endswith("=>") and builder.build(5, 7).text == p.text
+    assert concept(get_task("stanford_cars"), 0).endswith(" car") and concept(get_task("dtd"), 0) == "banded"
+
+
+class _FakeOpenAI(BaseHTTPRequestHandler):
+    def do_GET(self):  # /v1/models
+        self._json({"data": [{"id": "fake-llm"}]})
+
+    def do_POST(self):  # /v1/completions
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        choices = [{"index": i, "text": f" caption {body['seed']}-{i} of {p.splitlines()[-1][:40]}\nmore"}
+                   for i, p in enumerate(body["prompt"])]
+        self._json({"choices": choices})
+
+    def _json(self, data):
+        blob = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(blob)))
+        self.end_headers()
+        self.wfile.write(blob)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_compatible_endpoint(tmp_path):
+    server = HTTPServer(("127.0.0.1", 0), _FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = CaptionsConfig(method="llm", per_class=3, llm_url=f"http://127.0.0.1:{server.server_port}")
+        table, _ = make_captions(get_task("cifar10"), cfg, tmp_path, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()  # now the port refuses connections
+    assert len(table) == 30 and table["caption"].nunique() == 30
+    assert set(table["llm"]) == {f"fake-llm@http://127.0.0.1:{server.server_port}"}
+    assert not table["caption"].str.contains("more").any()  # only the first line is kept
+    with pytest.raises(SynthimgError, match="unreachable"):
+        make_captions(get_task("cifar10"), cfg, tmp_path / "dead", progress=False)
+
+
+def _gen_args(captions: Path, sd: Path, out: Path, *extra: str) -> list[str]:
+    return ["--quiet", "generate", "--captions", str(captions), "--model-id", str(sd), "--out", str(out), "--steps",
+            "3", "--size", "32", "--stored-size", "16", "--batch-size", "4", "--images-per-shard", "8", *extra]
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory):
+    out = tmp_path_factory.mktemp("captions")
+    from synthimg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--quiet", "captions", "--task", "cifar10", "--per-class", "4", "--method", "template", "--out", str(out)])
+    return out / "captions.parquet"
+
+
+def test_generate_complete_balanced_and_deterministic(models, captions, tmp_path):
+    from synthimg.data.inspect import inspect_shards
+    from synthimg.data.manifest import read_manifest
+
+    for name in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / name)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    report = inspect_shards(tmp_path / "a", progress=False)
+    assert report["total"] == 40 and report["min_per_class"] == report["max_per_class"] == 4 and not report["skipped_total"]
+    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")  # same seed, same bytes
+    meta = read_manifest(tmp_path / "a").iloc[0]
+    assert meta["source"] == "synthetic" and meta["scheduler"] == "ddim" and meta["cfg"] == 2.0 and meta["steps"] == 3
+    assert meta["caption_method"] == "template" and meta["model_id"] == str(models["sd"])
+    stats = json.loads((tmp_path / "a" / "generate_stats.json").read_text())
+    assert stats["images_per_sec"] > 0 and stats["gpu"]["type"] == "cpu"
+
+
+def test_one_image_regenerates_alone(models, captions):
+    import numpy as np
+
+    from synthimg.synthetic.generate import Engine, load_captions, text_items
+
+    cfg = GenerateConfig(model_id=str(models["sd"]), steps=3, height=32, width=32, batch_size=4)
+    engine = Engine(cfg, "cpu")
+    items = text_items(load_captions(captions, get_task("cifar10")), get_task("cifar10"), cfg)[:4]
+    batch = [np.asarray(im, dtype=np.int16) for im, _ in engine.render(items)]
+    alone = np.asarray(engine.render([items[2]])[0][0], dtype=np.int16)
+    assert np.abs(alone - batch[2]).max() <= 1  # same noise; batched kernels may round one step apart
+
+
+def test_kill_9_then_rerun_gives_the_clean_result(models, captions, tmp_path):
+    clean = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "clean")],
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "killed")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while len(list((tmp_path / "killed").glob("*.tar"))) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list((tmp_path / "killed").glob("*.tar"))) < 5
+    again = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "killed")],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "killed" / "generate_stats.json").read_text())["shards_skipped"] >= 2
+    assert _digests(tmp_path / "killed") == _digests(tmp_path / "clean")
+
+
+def test_torchrun_two_ranks_make_the_same_dataset(models, captions, tmp_path):
+    one = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "generate_stats.json").read_text())["world_size"] == 2
+
+
+def test_sdedit_from_real_shards(models, tmp_path):
+    from synthimg.cli import main
+    from synthimg.data.manifest import read_manifest
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "real", n=6, maxcount=6)
+    with pytest.raises(SystemExit) as info:
+        main(["--quiet", "generate", "--task", "cifar10", "--init-shards", str(tmp_path / "real"), "--model-id",
+              str(models["sd"]), "--out", str(tmp_path / "sdedit"), "--strength", "0.5", "--steps", "4", "--size", "32",
+              "--stored-size", "16"])
+    assert info.value.code == 0
+    manifest = read_manifest(tmp_path / "sdedit")
+    assert len(manifest) == 6 and set(manifest["strength"]) == {0.5} and manifest["init_key"].tolist()[0] == "000000000"
+
+
+def test_bad_generation_input(models, captions, tmp_path, capsys):
+    from synthimg.cli import main
+
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"class_id": pd.Series(dtype=int), "caption": pd.Series(dtype=str)}).to_parquet(empty)
+    partial = tmp_path / "partial.parquet"
+    pd.read_parquet(captions).query("class_id != 7").to_parquet(partial)
+    cases = [
+        (["--captions", str(captions), "--model-id", str(tmp_path / "no_model")], "model folder not found"),
+        (["--captions", str(empty), "--model-id", str(models["sd"]), "--task", "cifar10"], "is empty"),
+        (["--captions", str(partial), "--model-id", str(models["sd"]), "--task", "cifar10"], "1 cifar10 classes have no captions in"),
+    ]
+    for args, fragment in cases:
+        with pytest.raises(SystemExit) as info:
+            main(["--quiet", "generate", *args, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and fragment in err and err.count("\n") == 1
