@@ -160,6 +160,8 @@ def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress
         "duplicates_dropped": totals["duplicates"], "rejected": totals["rejected"], "generated": totals["generated"],
         "duration": round(duration, 3), "captions_per_sec": round(len(table) / duration, 2) if duration else None,
         "chars_per_sec": round(totals["chars"] / duration, 1) if duration else None, "llm": getattr(llm, "id", None),
+        "tokens": getattr(llm, "tokens", None),
+        "tokens_per_sec": round(llm.tokens / duration, 1) if llm is not None and duration else None,
     }
     (out / "captions_stats.json").write_text(json.dumps(stats, indent=1))
     return table, stats

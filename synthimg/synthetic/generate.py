@@ -235,6 +235,7 @@ def generate(
     rendered = flagged_total = 0
     if mine:
         engine = Engine(cfg, device, img2img=items[0].init_image is not None)
+        start = time.time()  # images/s counts rendering, not loading the pipeline
         with ThreadPoolExecutor(max_workers=2) as pool, progress_bar(
                 total=sum(len(shards[s]) for s in mine), description=f"generate (rank {rank})", enabled=progress) as bar:
             for s in mine:

@@ -55,7 +55,7 @@ class TransformersLLM:
             raise SynthimgError(f"cannot load LLM {cfg.llm!r}: {str(err).splitlines()[0]}") from None
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.id = cfg.llm
+        self.id, self.tokens = cfg.llm, 0
 
     def complete(self, prompts: list[str], seed: int) -> list[str]:
         import torch
@@ -67,7 +67,9 @@ class TransformersLLM:
                 **batch, do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                 max_new_tokens=self.cfg.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
             )
-        return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        new = out[:, batch["input_ids"].shape[1]:]
+        self.tokens += int((new != self.tokenizer.pad_token_id).sum())
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 @register("vllm")
@@ -81,12 +83,14 @@ class VllmLLM:
             raise SynthimgError("the vllm backend needs vLLM: pip install 'synthimg[llm]'") from None
         self.cfg, self.params_cls = cfg, SamplingParams
         self.engine = LLM(model=cfg.llm, seed=cfg.seed)
-        self.id = cfg.llm
+        self.id, self.tokens = cfg.llm, 0
 
     def complete(self, prompts: list[str], seed: int) -> list[str]:
         params = [self.params_cls(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                   max_tokens=self.cfg.max_new_tokens, seed=seed + i) for i in range(len(prompts))]
-        return [o.outputs[0].text for o in self.engine.generate(prompts, params, use_tqdm=False)]
+        outputs = self.engine.generate(prompts, params, use_tqdm=False)
+        self.tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
+        return [o.outputs[0].text for o in outputs]
 
 
 @register("openai")
@@ -101,7 +105,7 @@ class OpenAILLM:
         if not self.url.endswith("/v1"):
             self.url += "/v1"
         self.model = cfg.llm or self._first_model()
-        self.id = f"{self.model}@{cfg.llm_url}"
+        self.id, self.tokens = f"{self.model}@{cfg.llm_url}", 0
 
     def _request(self, path: str, payload: dict[str, Any] | None = None) -> Any:
         import urllib.error
@@ -134,6 +138,7 @@ class OpenAILLM:
             "model": self.model, "prompt": prompts, "temperature": self.cfg.temperature, "top_p": self.cfg.top_p,
             "max_tokens": self.cfg.max_new_tokens, "seed": seed, "n": 1,
         })
+        self.tokens += int((answer.get("usage") or {}).get("completion_tokens", 0))
         choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
         if len(choices) != len(prompts):
             raise SynthimgError(f"LLM endpoint {self.url} returned {len(choices)} completions for {len(prompts)} prompts")
