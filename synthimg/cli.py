@@ -282,7 +282,12 @@ def curate_filter(
 
     from synthimg.config import save_resolved
     from synthimg.curation.filter import filter_top, per_class_counts
-    from synthimg.data.manifest import merge_columns, read_keys, read_manifest, write_keys
+    from synthimg.data.manifest import (
+        merge_columns,
+        read_keys,
+        read_manifest,
+        write_keys,
+    )
 
     cfg = _curate_config(config, overrides, None, top=top, cap=cap)
     if no_cap:
@@ -570,7 +575,13 @@ def generate_cmd(
 
     from synthimg.config import load_config, save_resolved
     from synthimg.runtime import init_distributed
-    from synthimg.synthetic.generate import apply_preset, generate, init_items, load_captions, text_items
+    from synthimg.synthetic.generate import (
+        apply_preset,
+        generate,
+        init_items,
+        load_captions,
+        text_items,
+    )
     from synthimg.tasks import get_task
 
     flags = {"model_id": model_id, "seed": seed, "steps": steps, "cfg": cfg_scale, "scheduler": scheduler,
@@ -618,7 +629,9 @@ def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     if hasattr(typer.exceptions, "Abort"):
         aborts.append(typer.exceptions.Abort)
     try:
-        from typer._click.exceptions import ClickException  # typer >= 0.20 ships its own click
+        from typer._click.exceptions import (
+            ClickException,  # typer >= 0.20 ships its own click
+        )
 
         errors.append(ClickException)
     except ImportError:

@@ -31,7 +31,14 @@ def progress_bar(total: int | None, description: str, enabled: bool = True) -> I
     if not (enabled and globals()["enabled"]()):
         yield _Bar(None, None)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):

@@ -3,7 +3,12 @@ import torch
 import torch.nn.functional as F
 
 from synthimg.errors import SynthimgError
-from synthimg.models.clip import ClipClassifier, create_clip, zeroshot_head, zeroshot_weights
+from synthimg.models.clip import (
+    ClipClassifier,
+    create_clip,
+    zeroshot_head,
+    zeroshot_weights,
+)
 from synthimg.models.vit import create_vit
 from synthimg.tasks import get_task
 

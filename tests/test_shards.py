@@ -9,7 +9,11 @@ import torch
 from synthimg.data.inspect import inspect_shards
 from synthimg.data.loader import SkipStats, shard_loader, shard_pipeline
 from synthimg.data.manifest import check_keys, read_keys, read_manifest, write_keys
-from synthimg.data.shards import ShardWriter, finalize, list_shards, sample_key, write_shard
+from synthimg.data.shards import (
+    ShardWriter,
+    list_shards,
+    write_shard,
+)
 from synthimg.errors import SynthimgError
 from tests.conftest import CLASSNAMES, make_sample, write_dataset
 

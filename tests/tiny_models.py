@@ -51,7 +51,12 @@ def clip_tokenizer_files(folder: Path, words: list[str]) -> Path:
 def tiny_sd_pipeline(folder: Path, words: list[str] | None = None) -> Path:
     """A real StableDiffusionPipeline (UNet, VAE, CLIP text encoder, CLIPTokenizer) at toy size, saved to a folder."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)

@@ -27,7 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 def build_sd15(folder: Path) -> Path:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from synthimg.models.clip_bpe import write_clip_tokenizer_files

@@ -43,7 +43,6 @@ def make_data(root: Path, n: int, size: int) -> None:
 def plain_loop(root: Path, args: argparse.Namespace, steps: int) -> float:
     import torch
     import torchvision
-    import torchvision.transforms as T
 
     from synthimg.config import TrainConfig
     from synthimg.runtime import autocast, default_device

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,12 @@ import numpy as np
 
 from synthimg.config import CurateConfig
 from synthimg.errors import SynthimgError
+from synthimg.registry import Registry
 
 ISC_THRESHOLD = 0.604169  # paper Sec. 3.3, Table 1
-DESCRIPTORS: dict[str, Callable[[CurateConfig, str], Any]] = {}
+DESCRIPTORS = Registry("descriptor")
+register = DESCRIPTORS.register
 
-
-def register(name: str) -> Callable[[Any], Any]:
-    def wrap(builder: Any) -> Any:
-        DESCRIPTORS[name] = builder
-        return builder
-
-    return wrap
 
 
 def create_descriptor(cfg: CurateConfig, device: str) -> Any:

@@ -2,7 +2,14 @@
 
 from synthimg.data.loader import SkipStats, dataset_size, shard_loader, shard_pipeline
 from synthimg.data.manifest import read_keys, read_manifest, write_keys
-from synthimg.data.shards import ShardWriter, finalize, list_shards, sample_key, shard_name, write_shard
+from synthimg.data.shards import (
+    ShardWriter,
+    finalize,
+    list_shards,
+    sample_key,
+    shard_name,
+    write_shard,
+)
 
 __all__ = [
     "ShardWriter",

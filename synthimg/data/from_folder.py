@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from synthimg.config import ShardsConfig
-from synthimg.data.shards import finalize, fragment_path, sample_key, shard_name, write_shard
+from synthimg.data.shards import (
+    finalize,
+    fragment_path,
+    sample_key,
+    shard_name,
+    write_shard,
+)
 from synthimg.errors import SynthimgError
 from synthimg.tasks.spec import TaskSpec
 

@@ -13,7 +13,11 @@ from typing import Any
 
 from synthimg.config import EvalConfig
 from synthimg.errors import SynthimgError
-from synthimg.evaluation.linear_probe import extract_features, feature_cache_key, train_probe
+from synthimg.evaluation.linear_probe import (
+    extract_features,
+    feature_cache_key,
+    train_probe,
+)
 from synthimg.evaluation.results import ResultRecord, append_result
 from synthimg.evaluation.zeroshot import evaluate_zeroshot
 from synthimg.tasks.spec import TaskSpec

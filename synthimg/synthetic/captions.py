@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,14 @@ from typing import Any
 import pandas as pd
 
 from synthimg.config import CaptionsConfig
+from synthimg.registry import Registry
 from synthimg.synthetic.prompting import PromptBuilder, clean_caption, concept
 from synthimg.tasks.spec import TaskSpec, article
 
-METHODS: dict[str, Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]]] = {}
+METHODS = Registry("caption method")
+register = METHODS.register
 CLASSES_PER_CHUNK = 50
 
-
-def register(name: str) -> Callable[[Any], Any]:
-    def wrap(fn: Any) -> Any:
-        METHODS[name] = fn
-        return fn
-
-    return wrap
 
 
 @register("template")

@@ -221,7 +221,12 @@ def generate(
     import torch
 
     from synthimg.progress import progress_bar
-    from synthimg.runtime import barrier, default_device, gather_to_rank0, init_distributed
+    from synthimg.runtime import (
+        barrier,
+        default_device,
+        gather_to_rank0,
+        init_distributed,
+    )
 
     out = Path(out)
     rank, world = init_distributed()

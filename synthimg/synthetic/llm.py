@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from synthimg.config import CaptionsConfig
 from synthimg.errors import SynthimgError
+from synthimg.registry import Registry
 
-BACKENDS: dict[str, Callable[[CaptionsConfig], Any]] = {}
+BACKENDS = Registry("LLM backend")
+register = BACKENDS.register
 
-
-def register(name: str) -> Callable[[Any], Any]:
-    def wrap(cls: Any) -> Any:
-        BACKENDS[name] = cls
-        return cls
-
-    return wrap
 
 
 def create_llm(cfg: CaptionsConfig) -> Any:

@@ -6,24 +6,18 @@ evaluation, the image encoder used for linear probes, and its transforms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from synthimg.config import TrainConfig
+from synthimg.registry import Registry
 from synthimg.tasks.spec import TaskSpec
 
-LEARNERS: dict[str, Callable[..., "Learner"]] = {}
+LEARNERS = Registry("learner")
+register = LEARNERS.register
 
-
-def register(name: str) -> Callable[[Any], Any]:
-    def wrap(cls: Any) -> Any:
-        LEARNERS[name] = cls
-        return cls
-
-    return wrap
 
 
 def learner_name(cfg: TrainConfig) -> str:
