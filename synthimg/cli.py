@@ -32,6 +32,9 @@ app.add_typer(config_app, name="config")
 captions_app = typer.Typer(help="Class-targeted captions (LLM or templates) with exact per-class quotas.",
                             invoke_without_command=True)
 app.add_typer(captions_app, name="captions")
+index_app = typer.Typer(help="Local CLIP indexes: embed a collection, build faiss, serve the kNN protocol.",
+                         no_args_is_help=True)
+app.add_typer(index_app, name="index")
 curate_app = typer.Typer(help="Curation: CLIP-score filter, decontamination, caps, seeded subsets.", no_args_is_help=True)
 app.add_typer(curate_app, name="curate")
 
@@ -611,6 +614,126 @@ def generate_cmd(
         typer.echo(f"{stats['successes']} images in {stats['shards']} shards at {out} "
                    f"({stats['rendered_this_run']} rendered now, {stats['shards_skipped']} shards already done, "
                    f"{stats['images_per_sec']} images/s)")
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    backend: Optional[str] = typer.Option(None, help="knn (HTTP service), local (faiss index) or substring"),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="candidates wanted per class"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    url: Optional[str] = typer.Option(None, help="clip-retrieval compatible service (knn)"),
+    indice_name: Optional[str] = typer.Option(None, "--indice-name"),
+    index: Optional[str] = typer.Option(None, help="local index folder (local)"),
+    metadata: Optional[str] = typer.Option(None, help="parquet file or glob with url, caption (substring)"),
+    k: Optional[int] = typer.Option(None, "--k", help="results per query (the paper: 2000; ImageNet 500)"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Candidates per class: OUT/candidates.parquet (class_id, class_name, url, caption, similarity, ...)."""
+    from synthimg.config import load_config, save_resolved
+    from synthimg.retrieval.retrieve import retrieve
+    from synthimg.tasks import get_task
+
+    flags = {"backend": backend, "per_class": per_class, "url": url, "indice_name": indice_name, "index": index,
+             "metadata": metadata, "k_per_query": k}
+    extra: dict[str, Any] = {"retrieve": {k_: v for k_, v in flags.items() if v is not None}}
+    if task is not None:
+        extra["task"] = task
+    cfg = load_config(config, overrides, extra=extra)
+    if cfg.task is None:
+        raise SynthimgError("--task is required")
+    table, stats = retrieve(get_task(cfg.task), cfg.retrieve, out)
+    save_resolved(cfg, out)
+    typer.echo(f"{len(table)} candidates ({stats['backend']}) -> {out / 'candidates.parquet'}; "
+               f"{len(stats['short_classes'])} classes below {cfg.retrieve.per_class}")
+
+
+@index_app.command("build")
+def index_build(
+    out: Path = typer.Option(..., "--out", "-o", help="index folder"),
+    shards: Optional[Path] = typer.Option(None, help="image collection: shard folder (ours or img2dataset's)"),
+    captions: Optional[str] = typer.Option(None, help="caption index from a parquet (url, caption) or glob"),
+    model: Optional[str] = typer.Option(None, help="open_clip embedder (the paper: ViT-L-14)"),
+    pretrained: Optional[str] = typer.Option(None, help="tag or checkpoint; 'none' for random weights"),
+    factory: Optional[str] = typer.Option(None, help="faiss index factory, e.g. Flat or IVF4096,PQ64"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Embed a collection (resumable by shard, torchrun-aware) and build faiss indexes + metadata."""
+    from synthimg.config import load_config, save_resolved
+    from synthimg.retrieval.index import build_index, embed_captions, embed_shards
+    from synthimg.runtime import barrier, init_distributed
+
+    flags = {"model": model, "factory": factory, "pretrained": None if pretrained == "none" else pretrained}
+    cfg = load_config(config, overrides, extra={"index": {k: v for k, v in flags.items() if v is not None}})
+    if pretrained == "none":
+        cfg.index.pretrained = None
+    if shards is None and captions is None:
+        raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
+    rank, _ = init_distributed()
+    if shards is not None:
+        embed_shards(shards, out, cfg.index)
+    barrier()
+    if rank == 0:
+        if captions is not None:
+            embed_captions(captions, out, cfg.index)
+        info = build_index(out, cfg.index)
+        save_resolved(cfg, out)
+        typer.echo(f"index at {out}: " + ", ".join(f"{k} {v['count']} x {v['dim']}" for k, v in info["kinds"].items()))
+
+
+@index_app.command("serve")
+def index_serve(
+    index: list[Path] = typer.Option(..., "--index", help="index folder(s); served under their folder names"),
+    port: int = typer.Option(1234),
+    host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
+) -> None:
+    """Answer clip-retrieval's /knn-service and /indices-list for local indexes."""
+    from synthimg.retrieval.index import LocalIndex
+    from synthimg.retrieval.serve import make_server
+
+    server = make_server({p.name: LocalIndex(p) for p in index}, host, port)
+    typer.echo(f"serving {', '.join(p.name for p in index)} at http://{host}:{server.server_port}/knn-service")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@app.command("download")
+def download_cmd(
+    candidates: Path = typer.Option(..., "--candidates", help="candidates.parquet from `synthimg retrieve`"),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="images wanted per class"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="default: the task in the candidates' config.yaml"),
+    processes: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """Download with img2dataset until each class has --per-class images; writes our shards + stats."""
+    import yaml
+
+    from synthimg.config import load_config, save_resolved
+    from synthimg.retrieval.download import download
+    from synthimg.tasks import get_task
+
+    if task is None and (candidates.parent / "config.yaml").is_file():
+        task = yaml.safe_load((candidates.parent / "config.yaml").read_text()).get("task")
+    flags = {"per_class": per_class, "processes": processes, "threads": threads}
+    extra: dict[str, Any] = {"download": {k: v for k, v in flags.items() if v is not None}}
+    if task is not None:
+        extra["task"] = task
+    cfg = load_config(config, overrides, extra=extra)
+    if cfg.task is None:
+        raise SynthimgError("--task is required (no config.yaml beside the candidates names it)")
+    stats = download(candidates, get_task(cfg.task), cfg.download, out)
+    save_resolved(cfg, out)
+    typer.echo(f"{stats['kept']} images ({cfg.download.per_class} per class wanted) -> {out}; "
+               f"{len(stats['shortfall'])} classes short, {stats['status_dict']}")
+    for name, n in list(stats["shortfall"].items())[:20]:
+        typer.echo(f"short: {name} is {n} images below the quota", err=True)
 
 
 def _fail(message: str, code: int = 2) -> None:

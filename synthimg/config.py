@@ -92,33 +92,47 @@ class RetrieveConfig(StageConfig):
     """The retrieved arm's candidate search (paper Sec. 3.2)."""
 
     backend: Literal["knn", "local", "substring"] = "knn"
-    per_class: int = Field(1000, gt=0)
+    per_class: int = Field(1000, gt=0, description="candidates wanted per class")
     k_per_query: int = Field(2000, gt=0, description="the paper: 2000, ImageNet 500")
-    url: str | None = None
+    max_k: int = Field(10000, gt=0, description="largest k when re-asking a service for more")
+    url: str | None = Field(None, description="clip-retrieval compatible service (…/knn-service)")
     indice_name: str = "laion5B-L-14"
-    index: str | None = None
-    metadata: str | None = None
+    index: str | None = Field(None, description="local index folder (synthimg index build or clip-retrieval)")
+    metadata: str | None = Field(None, description="parquet file(s) or glob with url and caption columns")
     modality: Literal["image", "text"] = "image"
     deduplicate: bool = True
     use_safety_model: bool = True
     use_violence_detector: bool = True
     aesthetic_weight: float = 0.0
-    embedder: str = "ViT-L-14"
-    embedder_pretrained: str | None = "openai"
+    use_caption_index: bool = Field(True, description="also search the local caption index and merge")
+    timeout: float = Field(60.0, gt=0)
+
+
+class IndexConfig(StageConfig):
+    """Embedding a collection and building a faiss index (``synthimg index build``)."""
+
+    model: str = Field("ViT-L-14", description="open_clip embedder (the paper: OpenAI CLIP ViT-L/14)")
+    pretrained: str | None = "openai"
+    factory: str = Field("Flat", description="faiss index factory string, e.g. IVF4096,PQ64 for large collections")
+    batch_size: int = Field(256, gt=0)
+    workers: int = Field(2, ge=0)
+    nprobe: int = Field(64, gt=0)
 
 
 class DownloadConfig(StageConfig):
-    """Downloading retrieved candidates with img2dataset."""
+    """Downloading retrieved candidates with img2dataset, with per-class quotas."""
 
     per_class: int = Field(1000, gt=0)
     image_size: int = Field(256, gt=0)
-    overrequest: float = Field(2.0, ge=1.0)
+    overrequest: float = Field(1.5, ge=1.0, description="URLs asked per missing image in each round")
     max_rounds: int = Field(5, gt=0)
-    processes: int = Field(4, gt=0)
+    processes: int = Field(2, gt=0)
     threads: int = Field(32, gt=0)
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
     user_agent_token: str = "synthimg"
     timeout: int = Field(10, gt=0)
+    retries: int = Field(0, ge=0)
+    shard_size: int = Field(1000, gt=0)
 
 
 class CurateConfig(StageConfig):
@@ -209,6 +223,7 @@ class Config(StageConfig):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

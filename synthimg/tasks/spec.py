@@ -73,6 +73,10 @@ class TaskSpec(BaseModel):
     classnames_source: str = ""
     notes: list[str] = Field(default_factory=list)
     eval: EvalSpec | None = None
+    retrieval_templates: list[str] = Field(
+        default_factory=list, description="kNN query templates (the paper: Cars 8, DTD 8, Flowers 1); [] = zero-shot ones")
+    substring: dict[str, Any] = Field(default_factory=lambda: {"mode": "any", "patterns": ["{c}"]},
+                                      description="caption-matching rules for the substring backend")
 
     @model_validator(mode="after")
     def _check(self) -> "TaskSpec":
@@ -97,6 +101,11 @@ class TaskSpec(BaseModel):
         """
         name = self.classnames[class_id]
         return list(dict.fromkeys(render(t, name) for t in self.templates))
+
+    def retrieval_queries(self, class_id: int) -> list[str]:
+        """kNN text queries of one class: its retrieval templates (or zero-shot ones), without repeats."""
+        name = self.classnames[class_id]
+        return list(dict.fromkeys(render(t, name) for t in (self.retrieval_templates or self.templates)))
 
     def split_names(self) -> list[str]:
         return list(self.eval.splits) if self.eval else []

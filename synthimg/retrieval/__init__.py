@@ -1,0 +1,1 @@
+"""The retrieved arm: candidates from a kNN service, a local faiss index or caption substrings, then download."""

@@ -1,0 +1,167 @@
+"""Download candidates with img2dataset, exactly ``per_class`` images per class (``synthimg download``).
+
+Each round asks img2dataset (the library, not a subprocess) for ``overrequest`` x the missing
+count of every short class, from the next candidates not yet tried; rounds go on until every
+class has its quota or its candidates run out, and the shortfall is reported. img2dataset's
+opt-out defaults are kept (``noai``, ``noimageai``, ``noindex``, ``noimageindex`` in
+``X-Robots-Tag``), with our user agent token. Rounds are folders of img2dataset output, so a
+rerun skips finished rounds (img2dataset's incremental mode skips finished shards). The
+result is rewritten into our shard format (labels, provenance with url, caption, query,
+similarity, backend, sha256); failed rows stay in the manifest with img2dataset's status and
+error, so a retry of only the failures is possible.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synthimg.config import DownloadConfig
+from synthimg.data.shards import finalize, sample_key, shard_name, write_shard
+from synthimg.errors import SynthimgError
+from synthimg.tasks.spec import TaskSpec
+
+
+def _img2dataset_round(urls: pd.DataFrame, folder: Path, cfg: DownloadConfig) -> None:
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
+    from img2dataset import download
+
+    folder.mkdir(parents=True, exist_ok=True)
+    url_file = folder / "urls.parquet"
+    urls.to_parquet(url_file, index=False)
+    download(
+        url_list=str(url_file), input_format="parquet", url_col="url", caption_col="caption",
+        save_additional_columns=["cand_id"], output_format="webdataset", output_folder=str(folder / "out"),
+        image_size=cfg.image_size, resize_mode="border", processes_count=cfg.processes, thread_count=cfg.threads,
+        number_sample_per_shard=cfg.shard_size, timeout=cfg.timeout, retries=cfg.retries, distributor=cfg.distributor,
+        user_agent_token=cfg.user_agent_token, enable_wandb=False, incremental_mode="incremental", compute_hash="sha256",
+    )
+    (folder / "DONE").write_text("ok")
+
+
+def _round_results(folder: Path) -> pd.DataFrame:
+    """Every row img2dataset tried in a round: cand_id, status, error_message, sha256, and which tar holds it."""
+    frames = [pd.read_parquet(p) for p in sorted((folder / "out").glob("*.parquet"))]
+    if not frames:
+        return pd.DataFrame(columns=["cand_id", "status", "error_message", "sha256", "key"])
+    df = pd.concat(frames, ignore_index=True)
+    return df
+
+
+def _read_images(folder: Path, keys: set[str]) -> dict[str, bytes]:
+    found = {}
+    for tar in sorted((folder / "out").glob("*.tar")):
+        with tarfile.open(tar) as t:
+            for m in t:
+                stem, _, ext = m.name.rpartition(".")
+                if ext == "jpg" and stem in keys:
+                    found[stem] = t.extractfile(m).read()
+    return found
+
+
+def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: str | Path) -> dict[str, Any]:
+    """Run the rounds, then write our shards with exactly ``per_class`` images where candidates suffice."""
+    out = Path(out)
+    path = Path(candidates)
+    if not path.is_file():
+        raise SynthimgError(f"candidates not found: {path}")
+    cands = pd.read_parquet(path)
+    missing = {"class_id", "url"} - set(cands.columns)
+    if missing:
+        raise SynthimgError(f"{path} lacks columns: {', '.join(sorted(missing))}")
+    if cands.empty:
+        raise SynthimgError(f"{path} holds no candidates")
+    for col in ("caption", "query", "similarity", "backend", "upstream_id", "class_name"):
+        if col not in cands:
+            cands[col] = None
+    cands = cands.reset_index(drop=True)
+    cands["cand_id"] = cands.index.astype(int)
+    start = time.time()
+    tried: set[int] = set()
+    ok: dict[int, list[int]] = {c: [] for c in range(task.num_classes)}
+    results: list[pd.DataFrame] = []
+    rounds_dir = out / "_rounds"
+    for r in range(cfg.max_rounds):
+        folder = rounds_dir / f"round_{r:03d}"
+        if (folder / "DONE").is_file():
+            asked = pd.read_parquet(folder / "urls.parquet")
+        else:
+            picks = []
+            for c in range(task.num_classes):
+                need = cfg.per_class - len(ok[c])
+                if need <= 0:
+                    continue
+                pool = cands[(cands["class_id"] == c) & ~cands["cand_id"].isin(tried)]
+                picks.append(pool.head(math.ceil(need * cfg.overrequest)))
+            asked = pd.concat(picks, ignore_index=True) if picks else pd.DataFrame()
+            if asked.empty:
+                break
+            _img2dataset_round(asked[["url", "caption", "cand_id"]], folder, cfg)
+        tried |= set(asked["cand_id"].astype(int))
+        res = _round_results(folder).assign(round_dir=str(folder))
+        results.append(res)
+        for row in res[res["status"] == "success"].itertuples():
+            c = int(cands.at[int(row.cand_id), "class_id"])
+            if len(ok[c]) < cfg.per_class:
+                ok[c].append(int(row.cand_id))
+        if all(len(ok[c]) >= cfg.per_class for c in range(task.num_classes)):
+            break
+    tried_rows = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
+    _write_shards(cands, tried_rows, ok, task, cfg, out)
+    sizes = finalize(out, task.classnames)
+    per_class = {task.classnames[c]: len(v) for c, v in ok.items()}
+    statuses = tried_rows["status"].value_counts().to_dict() if not tried_rows.empty else {}
+    stats = {
+        "count": int(len(tried_rows)), "successes": int(statuses.get("success", 0)), "kept": sum(sizes.values()),
+        "failed_to_download": int(statuses.get("failed_to_download", 0)),
+        "failed_to_resize": int(statuses.get("failed_to_resize", 0)), "status_dict": statuses,
+        "errors": tried_rows.loc[tried_rows["status"] != "success", "error_message"].value_counts().head(20).to_dict()
+        if not tried_rows.empty else {},
+        "per_class": per_class, "quota": cfg.per_class,
+        "shortfall": {k: cfg.per_class - v for k, v in per_class.items() if v < cfg.per_class},
+        "rounds": len(results), "duration": round(time.time() - start, 3),
+    }
+    (out / "download_stats.json").write_text(json.dumps(stats, indent=1, default=str))
+    return stats
+
+
+def _write_shards(cands: pd.DataFrame, tried: pd.DataFrame, ok: dict[int, list[int]], task: TaskSpec,
+                  cfg: DownloadConfig, out: Path) -> None:
+    """Our shard format: kept images in class then candidate order; failures as manifest rows."""
+    info = tried.set_index("cand_id") if not tried.empty else pd.DataFrame()
+    kept = [i for c in range(task.num_classes) for i in ok[c]]
+    images: dict[int, bytes] = {}
+    for folder, group in (tried[tried["cand_id"].isin(kept)].groupby("round_dir") if not tried.empty else []):
+        blobs = _read_images(Path(folder), set(group["key"].astype(str)))
+        images.update({int(r.cand_id): blobs[str(r.key)] for r in group.itertuples() if str(r.key) in blobs})
+    failed = tried[tried["status"] != "success"] if not tried.empty else tried
+    items: list[Any] = []
+    for n, cid in enumerate(kept):
+        row = cands.loc[cid]
+        meta = {"source": "retrieved", "class_id": int(row.class_id), "class_name": task.classnames[int(row.class_id)],
+                "url": row.url, "caption": row.caption, "query": row.query,
+                "similarity": None if pd.isna(row.similarity) else float(row.similarity), "backend": row.backend,
+                "upstream_id": None if row.upstream_id is None else str(row.upstream_id),
+                "sha256": info.at[cid, "sha256"] if "sha256" in info else None}
+        items.append({"__key__": sample_key(n), "jpg": images[cid], "cls": int(row.class_id),
+                      "txt": str(row.caption or ""), "json": meta})
+    for m, r in enumerate(failed.itertuples() if not failed.empty else []):
+        row = cands.loc[int(r.cand_id)]
+        stub = {"__key__": sample_key(len(kept) + m), "json": {
+            "source": "retrieved", "class_id": int(row.class_id), "class_name": task.classnames[int(row.class_id)],
+            "url": row.url, "query": row.query, "backend": row.backend}}
+        items.append((stub, str(r.status), str(r.error_message)))
+    for old in out.glob("shard-*.tar"):
+        old.unlink()  # the shards are derived from the rounds: rebuild them whole
+    per = cfg.shard_size
+    for s in range(0, max(1, len(items)), per):
+        chunk = items[s : s + per]
+        if chunk:
+            write_shard(out / shard_name("shard", s // per), chunk)

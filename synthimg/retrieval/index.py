@@ -1,0 +1,198 @@
+"""Local CLIP indexes: embed a collection with open_clip, build faiss, search in process (``synthimg index``).
+
+Layout of an index folder (clip-retrieval's, so its LAION indexes open too):
+``image.index`` and/or ``text.index`` (faiss, inner product on normalised vectors),
+``metadata/*.parquet`` (rows aligned with the index ids: url, caption, ...), and our
+``info.json`` (embedder, dimension, counts). Embeddings are computed shard by shard into
+``parts/`` so an interrupted build resumes; under torchrun each rank embeds its shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from synthimg.config import IndexConfig
+from synthimg.errors import SynthimgError
+
+KINDS = ("image", "text")
+
+
+def _save_part(folder: Path, name: str, emb: np.ndarray, meta: pd.DataFrame) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta.to_parquet(folder / f"{name}.parquet.tmp", index=False)
+    np.save(folder / f"{name}.npy.tmp.npy", emb.astype(np.float32))
+    os.replace(folder / f"{name}.npy.tmp.npy", folder / f"{name}.npy")
+    os.replace(folder / f"{name}.parquet.tmp", folder / f"{name}.parquet")  # the metadata marks the part done
+
+
+def embed_shards(shards: str | Path, out: Path, cfg: IndexConfig, progress: bool = True) -> int:
+    """Image embeddings of every sample of a shard folder (ours or img2dataset's), one part per shard."""
+    import torch
+
+    from synthimg.data.loader import shard_pipeline
+    from synthimg.data.shards import list_shards
+    from synthimg.models.clip import create_clip
+    from synthimg.runtime import autocast, default_device, init_distributed
+
+    rank, world = init_distributed()
+    device = default_device()
+    parts = out / "parts" / "image"
+    todo = [t for i, t in enumerate(list_shards(shards)) if i % world == rank
+            and not (parts / f"{Path(t).stem}.parquet").is_file()]
+    if not todo:
+        return 0
+    bundle = create_clip(cfg.model, cfg.pretrained, device=device)
+    bundle.model.eval()
+    done = 0
+    for tar in todo:
+        embs, rows = [], []
+        loader = torch.utils.data.DataLoader(shard_pipeline([tar], transform=bundle.preprocess_val, with_meta=True),
+                                             batch_size=cfg.batch_size, num_workers=0, collate_fn=_records)
+        for batch in loader:
+            with torch.no_grad(), autocast(device):
+                e = bundle.model.encode_image(torch.stack([r["image"] for r in batch]).to(device), normalize=True)
+            embs.append(e.float().cpu().numpy())
+            for r in batch:
+                m = r["meta"]
+                rows.append({"key": r["key"], "shard": Path(tar).name, "url": m.get("url") or f"{Path(tar).name}#{r['key']}",
+                             "caption": r["text"] or m.get("caption", ""), "NSFW": m.get("NSFW")})
+        if rows:
+            _save_part(parts, Path(tar).stem, np.concatenate(embs), pd.DataFrame(rows))
+            done += len(rows)
+    return done
+
+
+def _records(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def embed_captions(metadata: str, out: Path, cfg: IndexConfig, chunk: int = 100_000) -> int:
+    """Text embeddings of a caption parquet (url, caption): the caption index."""
+    import glob
+
+    import torch
+    import torch.nn.functional as F
+
+    from synthimg.models.clip import create_clip
+    from synthimg.runtime import default_device
+
+    files = sorted(glob.glob(metadata)) if any(ch in metadata for ch in "*?[") else [metadata]
+    if not files or not all(Path(f).is_file() for f in files):
+        raise SynthimgError(f"caption metadata not found: {metadata}")
+    device = default_device()
+    bundle = None
+    parts = out / "parts" / "text"
+    done = 0
+    for f in files:
+        df = pd.read_parquet(f, columns=None)
+        if not {"url", "caption"} <= set(df.columns):
+            raise SynthimgError(f"{f} needs url and caption columns")
+        for start in range(0, len(df), chunk):
+            name = f"{Path(f).stem}-{start:012d}"
+            if (parts / f"{name}.parquet").is_file():
+                continue
+            bundle = bundle or create_clip(cfg.model, cfg.pretrained, device=device)
+            sub = df.iloc[start : start + chunk]
+            embs = []
+            for b in range(0, len(sub), cfg.batch_size):
+                with torch.no_grad():
+                    tokens = bundle.tokenizer([str(c) for c in sub["caption"].iloc[b : b + cfg.batch_size]]).to(device)
+                    embs.append(F.normalize(bundle.model.encode_text(tokens).float(), dim=-1).cpu().numpy())
+            keep = [c for c in ("url", "caption", "NSFW", "key") if c in sub]
+            _save_part(parts, name, np.concatenate(embs), sub[keep].reset_index(drop=True))
+            done += len(sub)
+    return done
+
+
+def build_index(out: Path, cfg: IndexConfig) -> dict[str, Any]:
+    """Concatenate the parts (sorted by name) into faiss indexes and aligned metadata."""
+    import faiss
+
+    info: dict[str, Any] = {"model": cfg.model, "pretrained": cfg.pretrained, "factory": cfg.factory, "kinds": {}}
+    for kind in KINDS:
+        parts = sorted((out / "parts" / kind).glob("*.parquet")) if (out / "parts" / kind).is_dir() else []
+        if not parts:
+            continue
+        meta = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        x = np.ascontiguousarray(np.concatenate([np.load(p.with_suffix("").with_suffix(".npy")) for p in parts]))
+        index = faiss.index_factory(x.shape[1], cfg.factory, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(x)
+        index.add(x)
+        faiss.write_index(index, str(out / f"{kind}.index"))
+        meta_dir = out / "metadata" if kind == "image" else out / "metadata_text"
+        meta_dir.mkdir(parents=True, exist_ok=True)
+        meta.to_parquet(meta_dir / "0000.parquet", index=False)
+        info["kinds"][kind] = {"count": int(index.ntotal), "dim": int(x.shape[1])}
+    if not info["kinds"]:
+        raise SynthimgError(f"nothing embedded in {out}")
+    (out / "info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+class LocalIndex:
+    """Search a local index folder in process (ours, or a clip-retrieval index with our info.json or explicit model)."""
+
+    def __init__(self, folder: str | Path, model: str | None = None, pretrained: str | None = None, nprobe: int = 64):
+        import faiss
+
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise SynthimgError(f"index folder not found: {folder}")
+        info_path = self.folder / "info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        self.model_name = model or info.get("model")
+        self.pretrained = pretrained if pretrained is not None else info.get("pretrained")
+        if not self.model_name:
+            raise SynthimgError(f"{folder} has no info.json: name the embedder (index.model / index.pretrained)")
+        self.indexes, self.metadata = {}, {}
+        for kind, meta_dir in (("image", "metadata"), ("text", "metadata_text")):
+            path = self.folder / f"{kind}.index"
+            if path.is_file():
+                index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+                if hasattr(index, "nprobe"):
+                    index.nprobe = nprobe
+                self.indexes[kind] = index
+                files = sorted((self.folder / meta_dir).glob("*.parquet"))
+                self.metadata[kind] = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
+        if not self.indexes:
+            raise SynthimgError(f"no image.index or text.index in {folder}")
+        self._bundle = None
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        from synthimg.models.clip import create_clip
+
+        if self._bundle is None:
+            self._bundle = create_clip(self.model_name, self.pretrained)
+            self._bundle.model.eval()
+        with torch.no_grad():
+            return F.normalize(self._bundle.model.encode_text(self._bundle.tokenizer(texts)).float(), dim=-1).numpy()
+
+    def search(self, vectors: np.ndarray, k: int, kinds: tuple[str, ...] = KINDS) -> list[list[dict[str, Any]]]:
+        """Per query vector, results from the requested indexes merged by best similarity per url."""
+        out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(vectors))]
+        for kind in kinds:
+            if kind not in self.indexes:
+                continue
+            sims, ids = self.indexes[kind].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+            meta = self.metadata[kind]
+            for q in range(len(vectors)):
+                for s, i in zip(sims[q], ids[q]):
+                    if i < 0:
+                        continue
+                    row = meta.iloc[int(i)] if meta is not None else {}
+                    url = str(row.get("url", f"{kind}:{i}"))
+                    hit = {"id": int(i), "similarity": float(s), "url": url, "caption": str(row.get("caption", "")),
+                           "index": kind, "NSFW": row.get("NSFW") if "NSFW" in getattr(row, "index", []) else None}
+                    if url not in out[q] or out[q][url]["similarity"] < hit["similarity"]:
+                        out[q][url] = hit
+        return [sorted(d.values(), key=lambda h: -h["similarity"])[:k] for d in out]

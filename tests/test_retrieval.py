@@ -1,0 +1,236 @@
+import hashlib
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from synthimg.config import DownloadConfig, IndexConfig, RetrieveConfig
+from synthimg.data.shards import ShardWriter, finalize, sample_key
+from synthimg.errors import SynthimgError
+from synthimg.retrieval.retrieve import retrieve
+from synthimg.retrieval.substring import Matcher
+from synthimg.tasks import get_task
+from tests.conftest import CLASSNAMES
+
+
+class _Server:
+    """A loopback HTTP server that stops when the test ends."""
+
+    def __init__(self, handler):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _json(handler, data, code=200):
+    blob = json.dumps(data).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(blob)))
+    handler.end_headers()
+    handler.wfile.write(blob)
+
+
+class FakeKnn(BaseHTTPRequestHandler):
+    """kNN back end that, like LAION's, drops ~30% of results (duplicates, unsafe) after its kNN step."""
+
+    def do_GET(self):
+        _json(self, ["laion5B-L-14"])
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["aesthetic_weight"] == 0 and body["indice_name"] == "laion5B-L-14"
+        name = body["text"].split(",")[0]
+        hits = []
+        for i in range(body["num_images"]):
+            uid = hashlib.md5(f"{name}/{i}".encode()).hexdigest()[:12]
+            if int(uid, 16) % 10 < 3:  # dropped after the kNN step
+                continue
+            hits.append({"id": uid, "url": f"http://example.invalid/{uid}.jpg", "caption": body["text"],
+                         "similarity": 1.0 - i / 1000})
+        _json(self, hits)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_knn_service_over_requests_until_the_target(tmp_path):
+    server = _Server(FakeKnn)
+    try:
+        cfg = RetrieveConfig(backend="knn", url=server.url + "/knn-service", per_class=50, k_per_query=20)
+        table, stats = retrieve(get_task("fgvc_aircraft"), cfg, tmp_path)
+    finally:
+        server.close()
+    counts = table.groupby("class_id").size()
+    assert len(counts) == 100 and counts.min() >= 50
+    assert not table.duplicated(["class_id", "url"]).any()
+    assert {"class_id", "class_name", "url", "caption", "similarity", "query", "backend", "upstream_id"} <= set(table)
+    assert stats["returned"] > stats["after_dedup"] and not stats["short_classes"]
+
+
+class NotJson(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>gone</html>")
+
+    def log_message(self, *a):
+        pass
+
+
+def test_dead_or_broken_service_is_one_line(tmp_path, capsys):
+    from synthimg.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["retrieve", "--task", "fgvc_aircraft", "--backend", "knn", "--url", "http://127.0.0.1:9/knn-service",
+              "--per-class", "5", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "http://127.0.0.1:9/indices-list" in err and err.count("\n") == 1
+    server = _Server(NotJson)
+    try:
+        with pytest.raises(SynthimgError, match="did not answer JSON"):
+            retrieve(get_task("dtd"), RetrieveConfig(url=server.url, per_class=5), tmp_path)
+    finally:
+        server.close()
+
+
+def _jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+class Images(BaseHTTPRequestHandler):
+    """Images by number: 7k+1 are 404, 7k+2 corrupt bytes, 7k+3 carry X-Robots-Tag: noai."""
+
+    def do_GET(self):
+        n = int(self.path.rsplit("/", 1)[-1].split(".")[0])
+        if n % 7 == 1:
+            self.send_response(404)
+            self.end_headers()
+            return
+        body = b"\xff\xd8 not an image" if n % 7 == 2 else _jpeg(n)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        if n % 7 == 3:
+            self.send_header("X-Robots-Tag", "noai")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_index_build_local_retrieve_and_quota_download(tmp_path):
+    from synthimg.cli import main
+    from synthimg.data.manifest import read_manifest
+
+    server = _Server(Images)
+    try:
+        with ShardWriter(tmp_path / "collection", maxcount=30) as w:
+            for i in range(60):
+                w.write({"__key__": sample_key(i), "jpg": _jpeg(i), "cls": i % 10, "txt": f"picture {i}",
+                         "json": {"source": "upstream", "class_id": i % 10, "class_name": CLASSNAMES[i % 10],
+                                  "url": f"{server.url}/img/{i}.jpg"}})
+        finalize(tmp_path / "collection", CLASSNAMES)
+        for argv in (
+            ["index", "build", "--shards", str(tmp_path / "collection"), "--out", str(tmp_path / "index"),
+             "--model", "synthimg-tiny-vit", "--pretrained", "none"],
+            ["retrieve", "--task", "cifar10", "--backend", "local", "--index", str(tmp_path / "index"),
+             "--per-class", "20", "--k", "20", "--out", str(tmp_path / "cands")],
+            ["download", "--candidates", str(tmp_path / "cands" / "candidates.parquet"), "--per-class", "3",
+             "--out", str(tmp_path / "dl"), "--processes", "1", "--threads", "4", "download.timeout=3"],
+        ):
+            with pytest.raises(SystemExit) as info:
+                main(["--quiet", *argv])
+            assert info.value.code == 0, argv
+    finally:
+        server.close()
+    stats = json.loads((tmp_path / "dl" / "download_stats.json").read_text())
+    assert all(n == 3 for n in stats["per_class"].values()) and not stats["shortfall"]
+    manifest = read_manifest(tmp_path / "dl", successes_only=False)
+    kept = manifest[manifest["status"] == "success"]
+    assert kept.groupby("class_id").size().eq(3).all() and len(kept) == 30
+    numbers = kept["url"].str.extract(r"/(\d+)\.jpg")[0].astype(int)
+    assert not (numbers % 7).isin([1, 2, 3]).any()  # no 404, no corrupt bytes, no noai image kept
+    failed = manifest[manifest["status"] != "success"]
+    assert len(failed) and failed["error"].str.len().gt(0).all()
+    assert {"url", "caption", "query", "similarity", "backend", "sha256"} <= set(kept.columns)
+    # a rerun reuses the finished rounds and changes nothing
+    before = {p.name: p.read_bytes() for p in (tmp_path / "dl").glob("*.tar")}
+    from synthimg.retrieval.download import download
+
+    download(tmp_path / "cands" / "candidates.parquet", get_task("cifar10"), DownloadConfig(per_class=3, processes=1,
+             threads=4, timeout=3), tmp_path / "dl")
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "dl").glob("*.tar")}
+
+
+def test_index_serve_answers_our_client(tmp_path):
+    from synthimg.retrieval.index import LocalIndex, build_index, embed_shards
+    from synthimg.retrieval.knn_http import KnnClient
+    from synthimg.retrieval.serve import make_server
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "col", n=20, maxcount=10)
+    cfg = IndexConfig(model="synthimg-tiny-vit", pretrained=None)
+    embed_shards(tmp_path / "col", tmp_path / "idx", cfg)
+    build_index(tmp_path / "idx", cfg)
+    server = make_server({"idx": LocalIndex(tmp_path / "idx")}, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = KnnClient(f"http://127.0.0.1:{server.server_port}", "idx")
+        hits = client.query(text="a photo of a cat", num_images=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(hits) == 5 and {"url", "caption", "similarity", "id"} <= set(hits[0])
+    assert hits[0]["similarity"] >= hits[-1]["similarity"]
+
+
+def test_substring_rules_per_task():
+    cars = Matcher(get_task("stanford_cars"))
+    name = get_task("stanford_cars").classnames[0]  # AM General Hummer SUV 2000
+    assert [c for c, _ in cars.match("my 2000 am general hummer suv at the beach")] == [0]
+    assert cars.match("a hummer suv from 2000") == []  # every token of the name is needed
+    dtd = Matcher(get_task("dtd"))
+    assert [c for c, _ in dtd.match("A nice BANDED pattern on cloth")] == [0]
+    assert dtd.match("banded together") == []
+    flowers = Matcher(get_task("flowers102"))
+    rose = get_task("flowers102").classnames.index("rose")
+    assert rose not in [c for c, _ in flowers.match("rose gold iphone case")]
+    assert rose in [c for c, _ in flowers.match("a red rose flower in the garden")]
+    assert flowers.match("a red roses bouquet") == []  # word boundaries
+    imagenet = Matcher(get_task("imagenet"))
+    both = imagenet.match("a tabby cat next to a goldfish bowl")
+    assert len(both) >= 2  # one caption, several classes: recorded for each
+    del name
+
+
+def test_substring_backend_end_to_end(tmp_path):
+    pd.DataFrame({
+        "url": [f"http://x.invalid/{i}" for i in range(5)],
+        "caption": ["a banded pattern scarf", "a bumpy texture on stone", "nothing here", "Bumpy Texture close-up", None],
+        "NSFW": ["UNLIKELY", "UNLIKELY", "UNLIKELY", "NSFW", "UNLIKELY"],
+    }).to_parquet(tmp_path / "laion.parquet")
+    table, stats = retrieve(get_task("dtd"), RetrieveConfig(backend="substring", metadata=str(tmp_path / "*.parquet"),
+                                                            per_class=1), tmp_path / "out")
+    assert sorted(table["caption"]) == ["a banded pattern scarf", "a bumpy texture on stone"]
+    assert stats["nsfw_dropped"] == 1 and table["backend"].eq("substring").all()
+
+
+def test_retrieval_templates_are_the_papers():
+    assert [len(get_task(t).retrieval_queries(0)) for t in ("imagenet", "fgvc_aircraft", "stanford_cars", "dtd",
+                                                            "flowers102")] == [80, 2, 8, 8, 1]
+    time.sleep(0)
