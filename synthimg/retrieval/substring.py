@@ -112,16 +112,19 @@ def scan(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iterator[di
         if not {"url", "caption"} <= names:
             raise SynthimgError(f"{f} needs url and caption columns (has {', '.join(sorted(names))})")
         extra = [c for c in ("NSFW", "key", "uid", "id") if c in names]
+        id_col = next((c for c in ("key", "uid", "id") if c in names), None)
         for i, batch in enumerate(parquet.iter_batches(batch_size=batch_rows, columns=["url", "caption", *extra])):
             cols = batch.to_pydict()
+            ids = cols[id_col] if id_col else None
+            nsfw = cols.get("NSFW")
+            match = matcher.match
             for j, caption in enumerate(cols["caption"]):
                 if not caption:
                     continue
-                for c, text in matcher.match(caption):
+                for c, text in match(caption):
                     yield {"class_id": c, "url": cols["url"][j], "caption": caption, "query": text,
-                           "upstream_id": str(cols.get("key", cols.get("uid", cols.get("id", [None] * len(cols["url"]))))[j]
-                                              or f"{Path(f).name}:{i * batch_rows + j}"),
-                           "NSFW": cols["NSFW"][j] if "NSFW" in cols else None}
+                           "upstream_id": str(ids[j]) if ids else f"{Path(f).name}:{i * batch_rows + j}",
+                           "NSFW": nsfw[j] if nsfw else None}
 
 
 def naive_match(task: TaskSpec, captions: list[str]) -> int:
