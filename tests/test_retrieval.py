@@ -112,10 +112,12 @@ def _jpeg(seed: int) -> bytes:
 
 
 class Images(BaseHTTPRequestHandler):
-    """Images by number: 7k+1 are 404, 7k+2 corrupt bytes, 7k+3 carry X-Robots-Tag: noai."""
+    """Images by number: 7k+1 are 404, 7k+2 corrupt bytes, 7k+3 carry X-Robots-Tag: noai, 7k+4 time out."""
 
     def do_GET(self):
         n = int(self.path.rsplit("/", 1)[-1].split(".")[0])
+        if n % 7 == 4:
+            time.sleep(4)  # longer than download.timeout=3
         if n % 7 == 1:
             self.send_response(404)
             self.end_headers()
@@ -164,7 +166,7 @@ def test_index_build_local_retrieve_and_quota_download(tmp_path):
     kept = manifest[manifest["status"] == "success"]
     assert kept.groupby("class_id").size().eq(3).all() and len(kept) == 30
     numbers = kept["url"].str.extract(r"/(\d+)\.jpg")[0].astype(int)
-    assert not (numbers % 7).isin([1, 2, 3]).any()  # no 404, no corrupt bytes, no noai image kept
+    assert not (numbers % 7).isin([1, 2, 3, 4]).any()  # no 404, corrupt, noai or timed-out image kept
     failed = manifest[manifest["status"] != "success"]
     assert len(failed) and failed["error"].str.len().gt(0).all()
     assert {"url", "caption", "query", "similarity", "backend", "sha256"} <= set(kept.columns)
@@ -233,4 +235,3 @@ def test_substring_backend_end_to_end(tmp_path):
 def test_retrieval_templates_are_the_papers():
     assert [len(get_task(t).retrieval_queries(0)) for t in ("imagenet", "fgvc_aircraft", "stanford_cars", "dtd",
                                                             "flowers102")] == [80, 2, 8, 8, 1]
-    time.sleep(0)
