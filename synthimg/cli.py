@@ -736,6 +736,20 @@ def download_cmd(
         typer.echo(f"short: {name} is {n} images below the quota", err=True)
 
 
+@app.command("report")
+def report_cmd(
+    results: list[Path] = typer.Argument(..., help="results.jsonl files (or run folders holding them)"),
+    out: Path = typer.Option(..., "--out", "-o"),
+) -> None:
+    """Tables (Markdown, LaTeX, CSV), scaling plots (PNG, PDF), a cost table and report.html."""
+    from synthimg.report.build import build_report
+
+    info = build_report(list(results), out)
+    for note in info["notes"]:
+        typer.echo(note)
+    typer.echo(f"{info['cells']} cells -> {out}; open {info['html']}")
+
+
 def _fail(message: str, code: int = 2) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
     print(f"synthimg: error: {first}", file=sys.stderr)

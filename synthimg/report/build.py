@@ -1,0 +1,44 @@
+"""``synthimg report``: results.jsonl files -> Markdown, LaTeX, CSV, PNG/PDF plots and report.html."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from synthimg.report.html import write_html
+from synthimg.report.plots import cost_table, scaling_plots
+from synthimg.report.results import load, select_on_val
+from synthimg.report.tables import summary, wide, write_tables
+
+
+def seed_noise_notes(table: Any) -> list[str]:
+    """Honest one-liners: each arm's change to the baseline and whether it exceeds the seed std."""
+    notes = []
+    for r in table[table["delta_acc1"].notna()].itertuples():
+        head = (f"{r.dataset} {r.eval_mode} {r.arm} at {int(r.num_train_images):,} images: "
+                f"{100 * r.delta_acc1:+.1f} points vs the zero-shot baseline")
+        if r.acc1_count > 1 and r.acc1_std == r.acc1_std:
+            verdict = "exceeds" if abs(r.delta_acc1) > r.acc1_std else "is within"
+            notes.append(f"{head}; the change {verdict} the seed std ({100 * r.acc1_std:.1f})")
+        else:
+            notes.append(f"{head} (one seed: no std to compare with)")
+    return notes
+
+
+def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str],
+                 data_costs: dict[str, float] | None = None) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    selected = select_on_val(load(paths))
+    table = summary(selected)
+    files = write_tables(table, selected, out)
+    cost = cost_table(selected, data_costs)
+    cost.to_csv(out / "cost.csv", index=False)
+    plots = scaling_plots(table, cost, out)
+    wides = {f"{t}, {'zero-shot' if m == 'zs' else 'linear probe'} (test acc1 %)": wide(table, t, m)
+             for t, m in table[["dataset", "eval_mode"]].drop_duplicates().itertuples(index=False)}
+    notes = seed_noise_notes(table)
+    page = write_html(out, table, wides, cost, plots, notes)
+    return {"tables": [str(p) for p in files], "plots": [str(p) for p in plots], "html": str(page), "notes": notes,
+            "cells": int(len(selected))}
