@@ -9,7 +9,7 @@ from synthimg.report.build import build_report
 
 def _line(path, arm, n, seed, split, epoch, acc, mode="zs", lr=1e-5, wise=None, task="fgvc_aircraft"):
     append_result(path, ResultRecord(
-        dataset=task, model="ViT-B-16", pretrained="laion2b_s34b_b88k",
+        dataset=task, model="ViT-B-16", pretrained="laion2b_s34b_b88k",  # offline-ok: a label, nothing loads
         task="zeroshot_classification" if mode == "zs" else "linear_probe",
         metrics={"acc1": acc, "acc5": None, "mean_per_class_recall": acc}, arm=arm, num_train_images=n,
         finetune="none" if arm == "zeroshot_baseline" else "ce", eval_mode=mode, split=split, seed=seed, epoch=epoch,
