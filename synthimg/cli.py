@@ -160,16 +160,12 @@ def shards_from_folder(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Convert an ImageFolder into shards, a manifest, sizes.json, _info.json and classnames.txt."""
-    from synthimg.config import load_config, save_resolved
+    from synthimg.config import save_resolved
     from synthimg.data.from_folder import from_folder
     from synthimg.tasks import get_task
 
-    flags = {"shards": {k: v for k, v in {"maxcount": maxcount, "source": source}.items() if v is not None}}
-    if task is not None:
-        flags["task"] = task
-    cfg = load_config(config, overrides, extra=flags)
-    if cfg.task is None:
-        raise SynthimgError("--task is required (or task: in the config)")
+    cfg = _resolve(config, overrides, "shards", {"maxcount": maxcount, "source": source}, task,
+                   "--task is required (or task: in the config)")
     stats = from_folder(imagefolder, get_task(cfg.task), out, cfg.shards)
     save_resolved(cfg, out)
     typer.echo(
@@ -208,19 +204,31 @@ def shards_inspect(
         console.print(f"[yellow]{shard}: read {c['read']} of {c['expected']} samples[/yellow]")
 
 
-def _curate_config(config: Optional[Path], overrides: Optional[list[str]], task: Optional[str], **flags: Any) -> Any:
-    """Resolve the config with the given curate flags; ``pretrained="none"`` means random weights."""
+def _resolve(
+    config: Optional[Path], overrides: Optional[list[str]], section: str, flags: dict[str, Any],
+    task: Optional[str] = None, require_task: str = "", beside: Optional[Path] = None,
+) -> Any:
+    """The resolved config: defaults < YAML < the command's flags (None = not given) < dotted overrides.
+
+    ``pretrained="none"`` means random weights. ``beside``: an earlier stage's output whose
+    config.yaml names the task. ``require_task``: the error line when no task results.
+    """
+    import yaml
+
     from synthimg.config import load_config
 
+    if task is None and beside is not None and (beside.parent / "config.yaml").is_file():
+        task = yaml.safe_load((beside.parent / "config.yaml").read_text()).get("task")
     random_weights = flags.get("pretrained") == "none"
-    if random_weights:
-        flags["pretrained"] = None
-    extra: dict[str, Any] = {"curate": {k: v for k, v in flags.items() if v is not None}}
+    given = {k: v for k, v in flags.items() if v is not None and not (k == "pretrained" and random_weights)}
+    extra: dict[str, Any] = {section: given}
     if task is not None:
         extra["task"] = task
     cfg = load_config(config, overrides, extra=extra)
     if random_weights:
-        cfg.curate.pretrained = None
+        setattr(getattr(cfg, section), "pretrained", None)
+    if require_task and cfg.task is None:
+        raise SynthimgError(require_task)
     return cfg
 
 
@@ -255,10 +263,9 @@ def curate_score(
     from synthimg.runtime import init_distributed
     from synthimg.tasks import get_task
 
-    cfg = _curate_config(config, overrides, task, model=model, reduce=reduce, batch_size=batch_size, workers=workers,
-                         pretrained=pretrained)
-    if cfg.task is None:
-        raise SynthimgError("--task is required (the class templates to score against)")
+    cfg = _resolve(config, overrides, "curate", {"model": model, "reduce": reduce, "batch_size": batch_size,
+                   "workers": workers, "pretrained": pretrained}, task,
+                   "--task is required (the class templates to score against)")
     rank, _ = init_distributed()
     table = score_shards(shards, get_task(cfg.task), cfg.curate)
     if rank == 0:
@@ -292,7 +299,7 @@ def curate_filter(
         write_keys,
     )
 
-    cfg = _curate_config(config, overrides, None, top=top, cap=cap)
+    cfg = _resolve(config, overrides, "curate", {"top": top, "cap": cap})
     if no_cap:
         cfg.curate.cap = None
     manifest = read_manifest(shards)
@@ -332,9 +339,9 @@ def curate_decontaminate(
     from synthimg.data.manifest import read_keys
     from synthimg.tasks import get_task
 
-    cfg = _curate_config(config, overrides, task, descriptor=descriptor, threshold=threshold, model=model,
-                         isc_weights=str(isc_weights) if isc_weights else None, against_splits=_split_list(splits),
-                         pretrained=pretrained)
+    cfg = _resolve(config, overrides, "curate", {
+        "descriptor": descriptor, "threshold": threshold, "model": model, "pretrained": pretrained,
+        "isc_weights": str(isc_weights) if isc_weights else None, "against_splits": _split_list(splits)}, task)
     if no_phash:
         cfg.curate.phash = False
     if against is None and (cfg.task is None or eval_root is None):
@@ -365,7 +372,7 @@ def curate_subsample(
     from synthimg.curation.subsample import subsample
     from synthimg.data.manifest import read_keys, read_manifest, write_keys
 
-    cfg = _curate_config(config, overrides, None, scales=_split_list(scales, int), seeds=_split_list(seeds, int))
+    cfg = _resolve(config, overrides, "curate", {"scales": _split_list(scales, int), "seeds": _split_list(seeds, int)})
     if unstratified:
         cfg.curate.stratified = False
     if not cfg.curate.scales:
@@ -419,7 +426,6 @@ def train_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Fine-tune a learner on shards (python -m, torchrun or srun); writes LOGS/NAME."""
-    from synthimg.config import load_config
     from synthimg.evaluation.run import RunEvaluator
     from synthimg.tasks import get_task
     from synthimg.train.engine import train
@@ -431,15 +437,8 @@ def train_cmd(
              "model": model, "learner": learner, "finetune": finetune, "epochs": epochs, "batch_size": batch_size,
              "lr": lr, "warmup": warmup, "workers": workers, "seed": seed, "logs": logs, "name": name, "resume": resume,
              "eval_root": eval_root, "wise_alphas": _split_list(wise_alphas, float), "arm": arm, "precision": precision,
-             "grad_accum": grad_accum, "pretrained": None if pretrained == "none" else pretrained}
-    extra: dict[str, Any] = {"train": {k: v for k, v in flags.items() if v is not None}}
-    if task is not None:
-        extra["task"] = task
-    cfg = load_config(config, overrides, extra=extra)
-    if pretrained == "none":
-        cfg.train.pretrained = None
-    if cfg.task is None:
-        raise SynthimgError("--task is required")
+             "grad_accum": grad_accum, "pretrained": pretrained}
+    cfg = _resolve(config, overrides, "train", flags, task, "--task is required")
     evaluator = RunEvaluator(get_task(cfg.task), cfg.train.eval_root, cfg.eval) if cfg.train.eval_root else None
     run_dir = train(cfg, evaluator)
     from synthimg.train.distributed import world_info
@@ -464,35 +463,17 @@ def eval_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Zero-shot and linear-probe accuracy of a model or checkpoint; appends lines to OUTPUT."""
-    from synthimg.config import load_config
     from synthimg.evaluation.run import evaluate
     from synthimg.tasks import get_task
 
     flags = {"modes": _split_list(modes), "splits": _split_list(splits), "batch_size": batch_size, "workers": workers}
-    extra: dict[str, Any] = {"eval": {k: v for k, v in flags.items() if v is not None}}
-    if task is not None:
-        extra["task"] = task
-    cfg = load_config(config, overrides, extra=extra)
-    if cfg.task is None:
-        raise SynthimgError("--task is required")
+    cfg = _resolve(config, overrides, "eval", flags, task, "--task is required")
     name = model or cfg.train.model
     weights = None if pretrained in (None, "none") else pretrained
     records = evaluate(name, weights, get_task(cfg.task), dataset_root, cfg.eval, output, arm=arm,
                        cache_dir=output.parent / "features")
     for r in records:
         typer.echo(f"{r.dataset} {r.model} {r.pretrained} {r.eval_mode} {r.split}: acc1 {r.metrics.acc1:.4f}")
-
-
-def _captions_config(config: Optional[Path], overrides: Optional[list[str]], task: Optional[str], **flags: Any) -> Any:
-    from synthimg.config import load_config
-
-    extra: dict[str, Any] = {"captions": {k: v for k, v in flags.items() if v is not None}}
-    if task is not None:
-        extra["task"] = task
-    cfg = load_config(config, overrides, extra=extra)
-    if cfg.task is None:
-        raise SynthimgError("--task is required")
-    return cfg
 
 
 @captions_app.callback()
@@ -519,8 +500,9 @@ def captions_cmd(
 
     if out is None:
         raise SynthimgError("--out is required")
-    cfg = _captions_config(config, overrides, task, per_class=per_class, method=method, llm=llm, llm_url=llm_url,
-                           llm_backend=llm_backend, seed=seed, backgrounds=backgrounds)
+    cfg = _resolve(config, overrides, "captions", {
+        "per_class": per_class, "method": method, "llm": llm, "llm_url": llm_url, "llm_backend": llm_backend,
+        "seed": seed, "backgrounds": backgrounds}, task, "--task is required")
     table, stats = make_captions(get_task(cfg.task), cfg.captions, out)
     save_resolved(cfg, out)
     short = stats["short_classes"]
@@ -544,7 +526,7 @@ def captions_backgrounds(
     from synthimg.synthetic.captions import make_backgrounds
     from synthimg.tasks import get_task
 
-    cfg = _captions_config(config, overrides, task, llm=llm, llm_url=llm_url)
+    cfg = _resolve(config, overrides, "captions", {"llm": llm, "llm_url": llm_url}, task, "--task is required")
     data = make_backgrounds(get_task(cfg.task), cfg.captions, out, per_class)
     typer.echo(f"{len(data)} classes with backgrounds in {out}; use --backgrounds {out}")
 
@@ -574,9 +556,8 @@ def generate_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Render captions (or SDEdit real images) into shards; resumable and split across torchrun ranks."""
-    import yaml
 
-    from synthimg.config import load_config, save_resolved
+    from synthimg.config import save_resolved
     from synthimg.runtime import init_distributed
     from synthimg.synthetic.generate import (
         apply_preset,
@@ -591,14 +572,8 @@ def generate_cmd(
              "preset": preset, "height": height or size, "width": width or size, "stored_size": stored_size,
              "batch_size": batch_size, "images_per_caption": images_per_caption, "images_per_shard": images_per_shard,
              "negative_prompt": negative_prompt, "init_shards": init_shards, "strength": strength}
-    if task is None and captions is not None and (captions.parent / "config.yaml").is_file():
-        task = yaml.safe_load((captions.parent / "config.yaml").read_text()).get("task")
-    extra: dict[str, Any] = {"generate": {k: v for k, v in flags.items() if v is not None}}
-    if task is not None:
-        extra["task"] = task
-    cfg = load_config(config, overrides, extra=extra)
-    if cfg.task is None:
-        raise SynthimgError("--task is required (no config.yaml beside the captions names it)")
+    cfg = _resolve(config, overrides, "generate", flags, task,
+                   "--task is required (no config.yaml beside the captions names it)", beside=captions)
     gcfg = apply_preset(cfg.generate)
     spec = get_task(cfg.task)
     if gcfg.init_shards:
@@ -631,18 +606,13 @@ def retrieve_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Candidates per class: OUT/candidates.parquet (class_id, class_name, url, caption, similarity, ...)."""
-    from synthimg.config import load_config, save_resolved
+    from synthimg.config import save_resolved
     from synthimg.retrieval.retrieve import retrieve
     from synthimg.tasks import get_task
 
     flags = {"backend": backend, "per_class": per_class, "url": url, "indice_name": indice_name, "index": index,
              "metadata": metadata, "k_per_query": k}
-    extra: dict[str, Any] = {"retrieve": {k_: v for k_, v in flags.items() if v is not None}}
-    if task is not None:
-        extra["task"] = task
-    cfg = load_config(config, overrides, extra=extra)
-    if cfg.task is None:
-        raise SynthimgError("--task is required")
+    cfg = _resolve(config, overrides, "retrieve", flags, task, "--task is required")
     table, stats = retrieve(get_task(cfg.task), cfg.retrieve, out)
     save_resolved(cfg, out)
     typer.echo(f"{len(table)} candidates ({stats['backend']}) -> {out / 'candidates.parquet'}; "
@@ -661,14 +631,11 @@ def index_build(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Embed a collection (resumable by shard, torchrun-aware) and build faiss indexes + metadata."""
-    from synthimg.config import load_config, save_resolved
+    from synthimg.config import save_resolved
     from synthimg.retrieval.index import build_index, embed_captions, embed_shards
     from synthimg.runtime import barrier, init_distributed
 
-    flags = {"model": model, "factory": factory, "pretrained": None if pretrained == "none" else pretrained}
-    cfg = load_config(config, overrides, extra={"index": {k: v for k, v in flags.items() if v is not None}})
-    if pretrained == "none":
-        cfg.index.pretrained = None
+    cfg = _resolve(config, overrides, "index", {"model": model, "factory": factory, "pretrained": pretrained})
     if shards is None and captions is None:
         raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
     rank, _ = init_distributed()
@@ -713,21 +680,13 @@ def download_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Download with img2dataset until each class has --per-class images; writes our shards + stats."""
-    import yaml
 
-    from synthimg.config import load_config, save_resolved
+    from synthimg.config import save_resolved
     from synthimg.retrieval.download import download
     from synthimg.tasks import get_task
 
-    if task is None and (candidates.parent / "config.yaml").is_file():
-        task = yaml.safe_load((candidates.parent / "config.yaml").read_text()).get("task")
-    flags = {"per_class": per_class, "processes": processes, "threads": threads}
-    extra: dict[str, Any] = {"download": {k: v for k, v in flags.items() if v is not None}}
-    if task is not None:
-        extra["task"] = task
-    cfg = load_config(config, overrides, extra=extra)
-    if cfg.task is None:
-        raise SynthimgError("--task is required (no config.yaml beside the candidates names it)")
+    cfg = _resolve(config, overrides, "download", {"per_class": per_class, "processes": processes, "threads": threads},
+                   task, "--task is required (no config.yaml beside the candidates names it)", beside=candidates)
     stats = download(candidates, get_task(cfg.task), cfg.download, out)
     save_resolved(cfg, out)
     typer.echo(f"{stats['kept']} images ({cfg.download.per_class} per class wanted) -> {out}; "
