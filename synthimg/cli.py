@@ -695,6 +695,100 @@ def download_cmd(
         typer.echo(f"short: {name} is {n} images below the quota", err=True)
 
 
+@app.command("analyze")
+def analyze_cmd(
+    shards: Path = ShardsOpt,
+    keys: list[Path] = typer.Option(..., "--keys", help="subset key lists, smallest first (repeat the option)"),
+    task: Optional[str] = typer.Option(None, "--task", "-t"),
+    eval_root: Path = typer.Option(..., "--eval-root", help="the task's data: the test split is the reference"),
+    arm: str = typer.Option(..., "--arm", help="arm name shown in the report"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    model: Optional[str] = typer.Option(None, help="open_clip feature space (default: curate.model, the learner)"),
+    pretrained: Optional[str] = typer.Option(None, help="its tag or checkpoint; 'none' for random weights"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """FID/KID of each subset to the test set, a CLIP-score histogram and gallery thumbnails (for the report)."""
+    from synthimg.evaluation.distance import analyze
+    from synthimg.runtime import default_device
+    from synthimg.tasks import get_task
+
+    cfg = _resolve(config, overrides, "curate", {"model": model, "pretrained": pretrained}, task, "--task is required")
+    info = analyze(shards, list(keys), get_task(cfg.task), eval_root, cfg.curate, out, arm, device=default_device())
+    for s in info["subsets"]:
+        typer.echo(f"{arm} n={s['num_train_images']}: FID {s['fid']:.3f}, KID {s['kid_mean']:.4f} +/- {s['kid_std']:.4f}")
+
+
+@app.command("study")
+def study_cmd(
+    study_config: Path = typer.Argument(..., help="study YAML (configs/study/*.yaml)"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="dotted overrides, e.g. seeds=[0] base.train.epochs=1"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and its cost; run nothing"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (default: out: in the YAML)"),
+    as_json: bool = typer.Option(False, "--json", help="with --dry-run: the plan as JSON"),
+) -> None:
+    """Run every missing step of a study grid (arms x scales x seeds x lrs), then collect and report."""
+    from synthimg.study.run import plan_rows, run_study
+    from synthimg.study.spec import load_study
+
+    study = load_study(study_config, overrides, out)
+    if dry_run:
+        steps, rows, cost = plan_rows(study, Path(study.out))
+        if as_json:
+            _print_json({"study": study.name, "task": study.task, "steps": rows, "estimate": cost})
+        else:
+            _print_plan(study, rows, cost)
+        return
+    stats = run_study(study, _invoke)
+    typer.echo(f"{stats['cells_done']}/{stats['cells']} cells done; {stats['ran']} steps ran now, "
+               f"{stats['done_before']} were done before, {len(stats['failed'])} failed, {len(stats['blocked'])} blocked")
+    for sid, msg in stats["failed"].items():
+        typer.echo(f"failed: {sid}: {msg}", err=True)
+    if stats.get("report"):
+        typer.echo(f"results: {stats['results']}\nreport: {stats['report']}")
+    if stats["failed"]:
+        raise SynthimgError(f"{len(stats['failed'])} steps failed; rerun the same command to retry them")
+
+
+def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    shared = [r for r in rows if r["kind"] != "train"]
+    cells = [r for r in rows if r["kind"] == "train"]
+    table = Table("step", "kind", "status", title=f"study {study.name}: {study.task} -> {study.out}")
+    for r in shared:
+        table.add_row(r["id"], r["kind"], r["status"])
+    console.print(table)
+    grid = Table("arm", "scales", "seeds", "lrs", "cells", "todo", title="cells (arm x scale x seed x lr)")
+    for arm in study.arms:
+        mine = [r for r in cells if r["cell"]["arm"] == arm]
+        grid.add_row(arm, ", ".join(f"{n:,}" for n in study.arm_scales(arm)), ", ".join(map(str, study.seeds)),
+                     ", ".join(f"{lr:g}" for lr in study.lrs), str(len(mine)),
+                     str(sum(r["status"] == "todo" for r in mine)))
+    console.print(grid)
+    t = cost["totals"]
+    est = Table("kind", "steps to run", "GPU-hours", title="estimate of what is left")
+    for kind, row in cost["per_kind"].items():
+        est.add_row(kind, str(row["steps"]), f"{row['gpu_hours']:,.1f}")
+    console.print(est)
+    console.print(f"images to generate: {t['images_to_generate']:,.0f}; images to download: "
+                  f"{t['images_to_download']:,.0f} (~{t['download_hours']:,.1f} h)")
+    console.print(f"GPU-hours left: {t['gpu_hours']:,.1f} (whole study {t['gpu_hours_all']:,.1f}); "
+                  f"{t['wall_hours_on_gpus']:,.1f} h on {study.estimates.gpus} GPU(s)")
+    for kind, rate in cost["rates"].items():
+        console.print(f"  rate {kind}: {rate['per_gpu_s']:,.2f} per GPU-second from {rate['from']}")
+
+
+def _invoke(argv: list[str]) -> None:
+    """Run a synthimg command line in this process (the study's local executor)."""
+    command = typer.main.get_command(app)
+    result = command.main(args=argv, prog_name="synthimg", standalone_mode=False)
+    if isinstance(result, int) and result != 0:
+        raise SynthimgError(f"synthimg {' '.join(argv[:2])} exited with status {result}")
+
+
 @app.command("report")
 def report_cmd(
     results: list[Path] = typer.Argument(..., help="results.jsonl files (or run folders holding them)"),

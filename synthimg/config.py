@@ -266,11 +266,11 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     return tree
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -300,7 +300,9 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> str
             parts.append(f"unknown config key '{key}'{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"bad value for '{key}' ({e.get('input')!r}): {msg}")
+            given = e.get("input")
+            shown = "" if isinstance(given, dict) else f" ({given!r})" if len(repr(given)) <= 80 else f" ({repr(given)[:77]}...)"
+            parts.append(f"bad value for '{key}'{shown}: {msg}")
     return "; ".join(parts)
 
 
@@ -337,8 +339,8 @@ def load_config(
     """Resolve a config: model defaults < YAML file < ``extra`` (CLI flags) < dotted overrides."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     if extra:
-        data = _deep_merge(data, extra)
-    data = _deep_merge(data, parse_overrides(overrides))
+        data = deep_merge(data, extra)
+    data = deep_merge(data, parse_overrides(overrides))
     return validate(data, model)
 
 

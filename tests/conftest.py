@@ -50,3 +50,25 @@ def write_dataset(out: Path, n: int = 40, maxcount: int = 10, num_classes: int =
 def shard_dir(tmp_path: Path) -> tuple[Path, list[str]]:
     out = tmp_path / "shards"
     return out, write_dataset(out)
+
+
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
+                    [0, 255, 255], [128, 0, 0], [0, 128, 0], [0, 0, 128], [128, 128, 128]])
+
+
+def _jpeg(c: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    a = np.clip(COLOURS[c][None, None] * 0.8 + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def write_colour_shards(out: Path, n: int, offset: int, source: str = "synthetic", maxcount: int = 50) -> None:
+    """``n`` samples of a learnable toy task: the colour is the class."""
+    with ShardWriter(out, maxcount=maxcount) as w:
+        for i in range(n):
+            c = i % 10
+            w.write({"__key__": sample_key(i), "jpg": _jpeg(c, offset + i), "cls": c, "txt": "x",
+                     "json": {"source": source, "class_id": c, "class_name": CLASSNAMES[c]}})
+    finalize(out, CLASSNAMES)

@@ -16,36 +16,15 @@ from synthimg.config import load_config
 from synthimg.data.shards import ShardWriter, finalize, sample_key
 from synthimg.errors import SynthimgError
 from synthimg.evaluation.results import read_results
-from tests.conftest import CLASSNAMES
-
-COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
-                    [0, 255, 255], [128, 0, 0], [0, 128, 0], [0, 0, 128], [128, 128, 128]])
-
-
-def _jpeg(c: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    a = np.clip(COLOURS[c][None, None] * 0.8 + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _write(out: Path, n: int, offset: int, source: str = "synthetic", maxcount: int = 50) -> None:
-    with ShardWriter(out, maxcount=maxcount) as w:
-        for i in range(n):
-            c = i % 10
-            w.write({"__key__": sample_key(i), "jpg": _jpeg(c, offset + i), "cls": c, "txt": "x",
-                     "json": {"source": source, "class_id": c, "class_name": CLASSNAMES[c]}})
-    finalize(out, CLASSNAMES)
-
+from tests.conftest import CLASSNAMES, write_colour_shards
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """A learnable toy task: colour = class. Training shards plus an eval root in CLIP_benchmark's layout."""
     root = tmp_path_factory.mktemp("toy")
-    _write(root / "train", 200, 0)
+    write_colour_shards(root / "train", 200, 0)
     for split, n, off in (("train", 100, 10_000), ("val", 50, 20_000), ("test", 100, 30_000)):
-        _write(root / "eval" / split, n, off, "upstream")
+        write_colour_shards(root / "eval" / split, n, off, "upstream")
     (root / "eval" / "classnames.txt").write_text("\n".join(CLASSNAMES))
     return root
 
@@ -157,7 +136,7 @@ def test_kill_9_then_resume_reaches_the_same_weights(toy, tmp_path):
 
 def test_two_process_gloo_matches_one_process(toy, tmp_path):
     full = tmp_path / "full"
-    _write(full, 40, 0, maxcount=10)
+    write_colour_shards(full, 40, 0, maxcount=10)
     common = ["--train-data", str(full), "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained", "none",
               "--epochs", "2", "--batch-size", "40", "--lr", "1e-3", "--warmup", "0", "--workers", "0",
               "--logdir", str(tmp_path), "train.precision=fp32", "train.augment=false", "train.shuffle_buffer=0"]
@@ -207,7 +186,7 @@ def test_mixing_two_arms_and_a_missing_eval_root(toy, tmp_path):
     from synthimg.train.engine import train
 
     other = tmp_path / "retrieved"
-    _write(other, 60, 50_000, source="retrieved", maxcount=20)
+    write_colour_shards(other, 60, 50_000, source="retrieved", maxcount=20)
     cfg = _cfg(toy, tmp_path, "mix", f"train.data=[{toy / 'train'},{other}]", "train.weights=[1.0,1.0]",
                "train.epochs=1", "train.workers=1")
     run = train(cfg)

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from synthimg.report.analysis import contact_sheets, distance_table, gallery_rows, histogram_plots, load_analyses
 from synthimg.report.html import write_html
 from synthimg.report.plots import cost_table, scaling_plots
 from synthimg.report.results import load, select_on_val
-from synthimg.report.tables import summary, wide, write_tables
+from synthimg.report.tables import markdown, summary, wide, write_tables
 
 
 def seed_noise_notes(table: Any) -> list[str]:
@@ -27,7 +28,9 @@ def seed_noise_notes(table: Any) -> list[str]:
 
 
 def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str],
-                 data_costs: dict[str, float] | None = None) -> dict[str, Any]:
+                 data_costs: dict[str, float] | None = None,
+                 analyses: list[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+    """Tables, plots, cost and ``report.html``; ``analyses``: folders from ``synthimg analyze``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     selected = select_on_val(load(paths))
@@ -39,6 +42,14 @@ def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str
     wides = {f"{t}, {'zero-shot' if m == 'zs' else 'linear probe'} (test acc1 %)": wide(table, t, m)
              for t, m in table[["dataset", "eval_mode"]].drop_duplicates().itertuples(index=False)}
     notes = seed_noise_notes(table)
-    page = write_html(out, table, wides, cost, plots, notes)
+    infos = load_analyses(list(analyses or []))
+    distances = distance_table(infos)
+    if not distances.empty:
+        distances.to_csv(out / "distances.csv", index=False)
+        (out / "distances.md").write_text(markdown(distances.round(4).set_index("dataset")) + "\n")
+        plots += histogram_plots(infos, out)
+    rows = gallery_rows(infos)
+    sheets = contact_sheets(rows, out)
+    page = write_html(out, table, wides, cost, plots, notes, distances=distances, galleries=rows)
     return {"tables": [str(p) for p in files], "plots": [str(p) for p in plots], "html": str(page), "notes": notes,
-            "cells": int(len(selected))}
+            "cells": int(len(selected)), "galleries": [str(p) for p in sheets]}

@@ -58,7 +58,7 @@ def write_tables(table: pd.DataFrame, selected: pd.DataFrame, out: Path) -> list
     md, tex = ["# Results (test accuracy at the epoch and LR chosen on val, mean ± std over seeds)", ""], []
     for (task, mode), _ in table.groupby(["dataset", "eval_mode"]):
         w = wide(table, task, mode)
-        md += [f"## {task}, {'zero-shot' if mode == 'zs' else 'linear probe'} (acc1, %)", "", _markdown(w), ""]
+        md += [f"## {task}, {'zero-shot' if mode == 'zs' else 'linear probe'} (acc1, %)", "", markdown(w), ""]
         deltas = table[(table.dataset == task) & (table.eval_mode == mode) & table.delta_acc1.notna()]
         if len(deltas):
             md += ["Delta to the zero-shot baseline (points): " + ", ".join(
@@ -73,7 +73,7 @@ def write_tables(table: pd.DataFrame, selected: pd.DataFrame, out: Path) -> list
     return paths
 
 
-def _markdown(df: pd.DataFrame) -> str:
+def markdown(df: pd.DataFrame) -> str:
     header = "| " + " | ".join([df.index.name or ""] + list(map(str, df.columns))) + " |"
     rule = "|" + "---|" * (len(df.columns) + 1)
     rows = ["| " + " | ".join([str(i)] + [str(v) for v in r]) + " |" for i, r in zip(df.index, df.values)]

@@ -1,0 +1,296 @@
+"""The study's plan: every step (a ``synthimg`` command line) with its outputs, inputs and hash.
+
+Shared steps build each arm's pool (captions -> generate, or index -> retrieve -> download),
+curate it (score -> filter -> decontaminate -> subsample) and analyse it; one step per cell
+(arm x scale x seed x lr) trains and evaluates. A step's hash covers only the config sections
+it reads and the hashes of the steps it reads from, so changing the learning rate reruns cells,
+never generation. Steps live in folders named after their hash: a changed recipe never
+overwrites earlier outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synthimg.config import Config, config_hash, to_dict
+from synthimg.study.spec import StudyConfig
+
+# The config keys each kind of step reads; its hash covers exactly these.
+SECTIONS: dict[str, list[str]] = {
+    "captions": ["task", "captions"],
+    "generate": ["generate"],
+    "index": ["index"],
+    "retrieve": ["task", "retrieve"],
+    "download": ["download"],
+    "score": ["task", "curate.model", "curate.pretrained", "curate.reduce"],
+    "filter": ["curate.top", "curate.cap"],
+    "decontaminate": ["curate.descriptor", "curate.threshold", "curate.phash", "curate.phash_threshold",
+                      "curate.isc_weights", "curate.isc_backbone", "curate.isc_image_size", "curate.against_splits"],
+    "subsample": ["curate.stratified"],
+    "analyze": ["curate.model", "curate.pretrained"],
+    "baseline": ["task", "train.model", "train.pretrained", "train.learner", "eval"],
+    "train": ["task", "train", "eval"],
+}
+# Paths and bookkeeping that do not change what a step computes.
+UNHASHED = {"train.logs", "train.name", "train.resume", "train.data", "train.keys", "train.workers", "eval.workers",
+            "curate.workers", "index.workers", "download.processes", "download.threads", "train.report_to"}
+
+
+@dataclass
+class Step:
+    """One command of the study. ``argv`` runs under ``synthimg``; ``outputs`` mark it done."""
+
+    id: str
+    kind: str
+    argv: list[str]
+    outputs: list[Path]
+    deps: list[str] = field(default_factory=list)
+    arm: str | None = None
+    hash: str = ""
+    config: Path | None = None
+    distributed: bool = False  # may run under torchrun over several GPUs
+    gpu: bool = True
+    run_dir: Path | None = None  # train steps: the run folder (resumed or restarted)
+    cell: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, float] = field(default_factory=dict)  # images/samples for the cost estimate
+
+
+def _pick(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _strip(data: Any, prefix: str) -> Any:
+    if isinstance(data, dict):
+        return {k: _strip(v, f"{prefix}.{k}") for k, v in data.items() if f"{prefix}.{k}" not in UNHASHED}
+    return data
+
+
+def step_hash(kind: str, cfg: Config, upstream: list[str], extra: dict[str, Any] | None = None) -> str:
+    """The hash of the sections ``kind`` reads, its inputs' hashes and ``extra`` (scale, seed, ...)."""
+    data = to_dict(cfg)
+    picked = {key: _strip(_pick(data, key), key) for key in SECTIONS[kind]}
+    return config_hash({"kind": kind, "sections": picked, "upstream": upstream, "extra": extra or {}}, 10)
+
+
+def _fmt_lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+class Planner:
+    """Builds the ordered list of steps for a study rooted at ``root``."""
+
+    def __init__(self, study: StudyConfig, root: Path):
+        self.study, self.root = study, Path(root)
+        self.steps: list[Step] = []
+        self.index: dict[str, Step] = {}
+
+    def _add(self, kind: str, cfg: Config, arm: str | None, folder: str, argv: list[str], outputs: list[str],
+             deps: list[Step], extra: dict[str, Any] | None = None, **kw: Any) -> Step:
+        h = step_hash(kind, cfg, [d.hash for d in deps], extra)
+        where = self.root / (f"arms/{arm}" if arm else "") / f"{folder}-{h}"
+        sid = f"{arm + '.' if arm else ''}{folder}-{h}"
+        if sid in self.index:
+            return self.index[sid]
+        config_path = self.root / "configs" / f"{sid}.yaml"
+        argv = [a.replace("{out}", str(where)) for a in argv] + ["--config", str(config_path)]
+        step = Step(id=sid, kind=kind, argv=argv, outputs=[where / o for o in outputs], deps=[d.id for d in deps],
+                    arm=arm, hash=h, config=config_path, **kw)
+        step._cfg = cfg  # type: ignore[attr-defined]
+        self.steps.append(step)
+        self.index[sid] = step
+        return step
+
+    def out(self, step: Step) -> Path:
+        return step.outputs[0].parent
+
+    def plan(self) -> list[Step]:
+        s = self.study
+        pools: dict[str, tuple[Step, Step]] = {}  # arm -> (images step, keys step)
+        for name, arm in s.arms.items():
+            if arm.source != "mixed":
+                pools[name] = self._pool(name)
+        scales = self._subset_scales()
+        subsets = {name: self._subsample(name, *pools[name], scales[name]) for name in pools}
+        if s.baseline:
+            self._baseline()
+        for name, arm in s.arms.items():
+            for scale in s.arm_scales(name):
+                for seed in s.seeds:
+                    for lr in s.lrs:
+                        self._cell(name, scale, seed, lr, pools, subsets)
+        if s.analysis:
+            for name, arm in s.arms.items():
+                if arm.source != "mixed":
+                    self._analyze(name, *pools[name], subsets[name])
+        return self.steps
+
+    def _subset_scales(self) -> dict[str, set[int]]:
+        """Subset sizes each pool must provide: its own scales plus its share of mixed arms."""
+        s = self.study
+        need: dict[str, set[int]] = {n: set(s.arm_scales(n)) for n, a in s.arms.items() if a.source != "mixed"}
+        for name, arm in s.arms.items():
+            for part, frac in arm.mix.items():
+                need[part] |= {round(scale * frac) for scale in s.arm_scales(name)}
+        return need
+
+    def _pool(self, name: str) -> tuple[Step, Step]:
+        """The arm's images and its curated key list."""
+        s, arm = self.study, self.study.arms[name]
+        cfg = s.stage_config(name)
+        n_classes = _num_classes(s.task)
+        if arm.source == "synthetic":
+            per_caption = cfg.generate.images_per_caption
+            cfg.captions.per_class = -(-arm.pool_per_class // per_caption)  # type: ignore[operator]
+            caps = self._add("captions", cfg, name, "captions", ["captions", "--out", "{out}"], ["captions.parquet"], [],
+                             gpu=cfg.captions.method == "llm", work={"captions": cfg.captions.per_class * n_classes})
+            images = self._add("generate", cfg, name, "images",
+                               ["generate", "--captions", str(caps.outputs[0]), "--out", "{out}"],
+                               ["generate_stats.json"], [caps], distributed=True,
+                               work={"generate": cfg.captions.per_class * per_caption * n_classes})
+        elif arm.source == "retrieved":
+            if "per_class" not in cfg.retrieve.model_fields_set:  # over-ask: some URLs fail
+                cfg.retrieve.per_class = int(arm.pool_per_class * cfg.download.overrequest)  # type: ignore[operator]
+            cfg.download.per_class = arm.pool_per_class  # type: ignore[assignment]
+            deps: list[Step] = []
+            if arm.index is not None:
+                argv = ["index", "build", "--out", "{out}"]
+                if arm.index.shards:
+                    argv += ["--shards", arm.index.shards]
+                if arm.index.captions:
+                    argv += ["--captions", arm.index.captions]
+                idx = self._add("index", cfg, None, "index", argv, ["info.json"], [], distributed=True,
+                                extra={"shards": arm.index.shards, "captions": arm.index.captions})
+                cfg.retrieve.index = str(self.out(idx))
+                deps = [idx]
+            cands = self._add("retrieve", cfg, name, "candidates", ["retrieve", "--out", "{out}"],
+                              ["candidates.parquet"], deps, gpu=cfg.retrieve.backend != "substring",
+                              work={"queries": n_classes})
+            images = self._add("download", cfg, name, "images",
+                               ["download", "--candidates", str(cands.outputs[0]), "--out", "{out}"],
+                               ["download_stats.json"], [cands], gpu=False,
+                               work={"download": arm.pool_per_class * n_classes})  # type: ignore[operator]
+        else:  # shards: the user's own images
+            images = Step(id=f"{name}.shards", kind="shards", argv=[], outputs=[Path(arm.shards) / "manifest.parquet"],
+                          arm=name, hash=config_hash({"shards": str(Path(arm.shards).resolve())}, 10), gpu=False)
+            images._cfg = cfg  # type: ignore[attr-defined]
+            self.index[images.id] = images
+        shards = str(images.outputs[0].parent)
+        score = self._add("score", cfg, name, "score", ["curate", "score", "--shards", shards],
+                          [], [images], distributed=True, extra={"shards": shards},
+                          work={"inference": arm.pool_per_class * n_classes if arm.pool_per_class else 0})
+        score.outputs = [images.outputs[0].parent / "_curation" / "score_config.yaml"]
+        keys = score
+        if arm.filter:
+            keys = self._add("filter", cfg, name, "filter", ["curate", "filter", "--shards", shards, "--out", "{out}"],
+                             ["keys.parquet"], [score], gpu=False)
+        if arm.decontaminates:
+            argv = ["curate", "decontaminate", "--shards", shards, "--out", "{out}", "--task", s.task,
+                    "--eval-root", str(s.eval_root)]
+            if keys is not score:
+                argv += ["--keys", str(keys.outputs[0])]
+            keys = self._add("decontaminate", cfg, name, "decontam", argv, ["keys.parquet"], [keys],
+                             extra={"eval_root": s.eval_root})
+        return images, keys
+
+    def _subsample(self, name: str, images: Step, keys: Step, scales: set[int]) -> Step:
+        cfg = images._cfg.model_copy(deep=True)  # type: ignore[attr-defined]
+        cfg.curate.scales, cfg.curate.seeds = sorted(scales), list(self.study.seeds)
+        argv = ["curate", "subsample", "--shards", str(images.outputs[0].parent), "--out", "{out}"]
+        if keys.kind != "score":
+            argv += ["--keys", str(keys.outputs[0])]
+        outputs = [f"subset_n{n}_s{seed}.parquet" for seed in self.study.seeds for n in sorted(scales)]
+        return self._add("subsample", cfg, name, "subsets", argv, outputs + ["subsets.json"], [keys], gpu=False)
+
+    def _baseline(self) -> Step:
+        s = self.study
+        cfg = s.stage_config()
+        argv = ["eval", "--task", s.task, "--dataset-root", str(s.eval_root), "--output", "{out}/results.jsonl",
+                "--arm", "zeroshot_baseline", "--model", cfg.train.model,
+                "--pretrained", cfg.train.pretrained or "none"]
+        return self._add("baseline", cfg, None, "baseline", argv, ["results.jsonl"], [],
+                         extra={"eval_root": s.eval_root}, work={"inference": s.estimates.eval_images})
+
+    def _cell(self, name: str, scale: int, seed: int, lr: float, pools: dict[str, tuple[Step, Step]],
+              subsets: dict[str, Step]) -> Step:
+        s, arm = self.study, self.study.arms[name]
+        cfg = s.stage_config(name)
+        parts = arm.mix or {name: 1.0}
+        data, keys, weights, deps = [], [], [], []
+        for part, frac in parts.items():
+            n = scale if not arm.mix else round(scale * frac)
+            data.append(str(pools[part][0].outputs[0].parent))
+            keys.append(str(subsets[part].outputs[0].parent / f"subset_n{n}_s{seed}.parquet"))
+            weights.append(float(n))
+            deps.append(subsets[part])
+        cfg.train.lr, cfg.train.seed = lr, seed
+        cfg.train.arm = cfg.train.arm or _arm_label(name, arm.source)
+        cell = {"arm": name, "scale": scale, "seed": seed, "lr": lr}
+        extra = {**cell, "eval_root": s.eval_root}
+        h = step_hash("train", cfg, [d.hash for d in deps], extra)
+        run_name = f"{name}-n{scale}-s{seed}-lr{_fmt_lr(lr)}-{h}"
+        logs = self.root / "cells"
+        argv = ["train", "--task", s.task, "--train-data", "::".join(data), "--train-keys", "::".join(keys),
+                "--logdir", str(logs), "--name", run_name, "--eval-root", str(s.eval_root)]
+        if len(data) > 1:
+            argv += ["--train-data-weights", "::".join(str(w) for w in weights)]
+        epochs = cfg.train.epochs
+        step = self._add("train", cfg, name, "cell", argv, [], deps, extra=extra, distributed=True,
+                         work={"train": scale * epochs, "inference": s.estimates.eval_images * epochs})
+        step.run_dir = logs / run_name
+        step.outputs = [step.run_dir / "results.jsonl", step.run_dir / "train_stats.json"]
+        step.cell = cell
+        return step
+
+    def _analyze(self, name: str, images: Step, keys: Step, subsets: Step) -> Step:
+        s = self.study
+        cfg = images._cfg  # type: ignore[attr-defined]
+        scales = s.arm_scales(name)
+        seed = s.seeds[0]
+        argv = ["analyze", "--task", s.task, "--shards", str(images.outputs[0].parent), "--eval-root", str(s.eval_root),
+                "--arm", name, "--out", "{out}"]
+        for n in scales:
+            argv += ["--keys", str(subsets.outputs[0].parent / f"subset_n{n}_s{seed}.parquet")]
+        return self._add("analyze", cfg, name, "analysis", argv, ["analysis.json"], [subsets],
+                         extra={"eval_root": s.eval_root, "scales": scales, "seed": seed},
+                         work={"inference": sum(scales) + s.estimates.eval_images})
+
+
+ARM_LABELS = ("synthetic", "retrieved", "mixed", "upstream", "sdedit")
+
+
+def _arm_label(name: str, source: str) -> str | None:
+    """The ``arm`` recorded in results: the arm's name when it is a known label, else its source."""
+    if name in ARM_LABELS:
+        return name
+    return source if source in ARM_LABELS else None  # None: read from the shards' manifest
+
+
+def _num_classes(task: str) -> int:
+    from synthimg.tasks import get_task
+
+    return get_task(task).num_classes
+
+
+def write_configs(steps: list[Step]) -> None:
+    """Write each step's resolved config where its ``--config`` points."""
+    for step in steps:
+        if step.config is None:
+            continue
+        step.config.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(to_dict(step._cfg), sort_keys=False)  # type: ignore[attr-defined]
+        if not step.config.is_file() or step.config.read_text() != text:
+            tmp = step.config.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(step.config)
+
+
+def build_plan(study: StudyConfig, root: str | Path) -> list[Step]:
+    """All steps of ``study`` in dependency order."""
+    return Planner(study, Path(root)).plan()

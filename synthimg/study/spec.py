@@ -1,0 +1,147 @@
+"""The study config: a grid over arms x scales x seeds x learning rates for one task.
+
+A study YAML holds ``base`` (stage sections shared by every step, the same schema as
+:class:`synthimg.config.Config`), one entry per arm (how its pool is built, its own
+section overrides and scales), the grid, the executor and the cost figures the dry run
+uses. Unknown keys are errors, as everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from synthimg.config import Config, StageConfig, deep_merge, parse_overrides, read_yaml, validate
+from synthimg.errors import SynthimgError
+
+
+class IndexSpec(StageConfig):
+    """A local faiss index the study builds before a ``retrieve.backend: local`` arm queries it."""
+
+    shards: str | None = Field(None, description="image collection to embed (shard folder)")
+    captions: str | None = Field(None, description="caption metadata parquet (url, caption) for a caption index")
+
+
+class ArmSpec(StageConfig):
+    """How one arm's pool is made; the study then curates, subsamples and trains on it."""
+
+    source: Literal["synthetic", "retrieved", "shards", "mixed"]
+    pool_per_class: int | None = Field(
+        None, gt=0, description="images made per class before curation (captions/download quota)")
+    shards: str | None = Field(None, description="source 'shards': an existing shard folder (your own images)")
+    index: IndexSpec | None = Field(None, description="retrieved + local backend: build this index first")
+    mix: dict[str, float] = Field(default_factory=dict, description="source 'mixed': arm name -> fraction")
+    scales: list[int] | None = Field(None, description="None: the study's scales")
+    filter: bool = Field(True, description="CLIP-score top fraction per class, then the cap")
+    decontaminate: bool | None = Field(None, description="None: on for retrieved and shards arms (the paper)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="stage sections for this arm only")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ArmSpec":
+        if self.source in ("synthetic", "retrieved") and self.pool_per_class is None:
+            raise ValueError(f"a {self.source} arm needs pool_per_class")
+        if self.source == "shards" and not self.shards:
+            raise ValueError("a shards arm needs shards: FOLDER")
+        if self.source == "mixed" and (len(self.mix) < 2 or abs(sum(self.mix.values()) - 1) > 1e-6):
+            raise ValueError("a mixed arm needs mix: {arm: fraction, ...} over two or more arms, summing to 1")
+        return self
+
+    @property
+    def decontaminates(self) -> bool:
+        return self.decontaminate if self.decontaminate is not None else self.source in ("retrieved", "shards")
+
+
+class SlurmSpec(StageConfig):
+    """submitit parameters for SLURM jobs (``executor.kind: slurm``)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    gpus_per_node: int = Field(8, gt=0)
+    cpus_per_gpu: int = Field(8, gt=0)
+    mem_gb: int | None = None
+    timeout_min: int = Field(24 * 60, gt=0)
+    cpu_timeout_min: int = Field(12 * 60, gt=0, description="steps that need no GPU (retrieve, download, filter)")
+    folder: str | None = Field(None, description="submitit logs; default STUDY/slurm")
+    cluster: Literal["slurm", "local", "debug"] | None = Field(
+        None, description="submitit's cluster; None: auto (SLURM where sbatch exists). local/debug for testing")
+    wait: bool = Field(True, description="wait for the jobs, then collect results and build the report")
+
+
+class ExecutorSpec(StageConfig):
+    kind: Literal["local", "slurm"] = "local"
+    gpus: int | None = Field(None, ge=0, description="local GPUs per step; None: all visible (torchrun when > 1)")
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+
+
+class Estimates(StageConfig):
+    """Throughputs for the dry run's cost estimate; recorded stats in the study folder take precedence."""
+
+    # Paper Sec. 3.1 / App.: about 12 h on 64 A100 per 1M SD 1.5 images (DDIM 50, 512 px):
+    # 1e6 / (12 * 3600 * 64) = 0.36 images/s per GPU.
+    generate_images_per_gpu_s: float = Field(0.36, gt=0)
+    # Assumed for ViT-B/16 at 224 px in bf16 on an A100; measure with scripts/bench/train.py.
+    train_samples_per_gpu_s: float = Field(1000.0, gt=0)
+    # Forward passes only (scoring, embedding, evaluation); assumed.
+    inference_images_per_gpu_s: float = Field(3000.0, gt=0)
+    # img2dataset on one node (CPU); assumed.
+    download_images_per_s: float = Field(500.0, gt=0)
+    eval_images: int = Field(10000, ge=0, description="test+val images evaluated per epoch and cell")
+    gpus: int = Field(1, gt=0, description="GPUs per step in the estimate (for wall-clock hours)")
+
+
+class StudyConfig(StageConfig):
+    """One study: a task, its arms, the grid and where it runs."""
+
+    name: str = "study"
+    task: str
+    out: str = Field("studies/study", description="study folder (relative paths: to the working directory)")
+    eval_root: str | None = Field(None, description="the task's data (torchvision root or CLIP_benchmark folder)")
+    arms: dict[str, ArmSpec]
+    scales: list[int] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    lrs: list[float] = Field(default_factory=lambda: [1e-5])
+    baseline: bool = Field(True, description="evaluate the pretrained learner (the zero-shot baseline row)")
+    analysis: bool = Field(True, description="FID/KID to the test set, CLIP-score histograms, galleries")
+    base: dict[str, Any] = Field(default_factory=dict, description="stage sections shared by every step")
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    estimates: Estimates = Field(default_factory=Estimates)
+
+    def check(self) -> "StudyConfig":
+        """Cross-field checks; every stage section must validate, so a typo fails before any work."""
+        if not self.arms:
+            raise SynthimgError("a study needs at least one arm")
+        for name, arm in self.arms.items():
+            if not (arm.scales or self.scales):
+                raise SynthimgError(f"arm {name!r} has no scales (set scales: or arms.{name}.scales)")
+            for part in arm.mix:
+                if part not in self.arms or self.arms[part].source == "mixed":
+                    raise SynthimgError(f"mixed arm {name!r} names {part!r}, which is not a non-mixed arm")
+        self.stage_config()
+        for name in self.arms:
+            self.stage_config(name)
+        return self
+
+    def arm_scales(self, arm: str) -> list[int]:
+        return sorted(self.arms[arm].scales or self.scales)
+
+    def stage_config(self, arm: str | None = None) -> Config:
+        """The stage sections for ``arm``'s steps: defaults < base < the arm's overrides; the task set."""
+        data = deep_merge(self.base, self.arms[arm].overrides) if arm else dict(self.base)
+        data["task"] = self.task
+        try:
+            return validate(data)
+        except SynthimgError as err:
+            where = f"arms.{arm}.overrides" if arm and self.arms[arm].overrides else "base"
+            raise SynthimgError(f"{where}: {err}") from None
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> StudyConfig:
+    """Read a study YAML with dotted overrides (``seeds=[0]``, ``base.train.epochs=1``)."""
+    data = deep_merge(read_yaml(path), parse_overrides(overrides))
+    if out is not None:
+        data["out"] = str(out)
+    return validate(data, StudyConfig).check()

@@ -1,0 +1,177 @@
+"""``synthimg study``: a tiny grid runs, resumes after an interruption, reruns only a deleted cell."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthimg.cli import _invoke
+from synthimg.errors import SynthimgError
+from synthimg.study.run import run_study
+from synthimg.study.spec import load_study
+from tests.conftest import CLASSNAMES, write_colour_shards
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "study"
+PAPER = sorted(CONFIGS.glob("unmet_promise_*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    write_colour_shards(root / "armA", 120, 0, "synthetic")
+    write_colour_shards(root / "armB", 120, 50_000, "retrieved")
+    for split, n, off in (("train", 60, 10_000), ("val", 30, 20_000), ("test", 60, 30_000)):
+        write_colour_shards(root / "eval" / split, n, off, "upstream")
+    (root / "eval" / "classnames.txt").write_text("\n".join(CLASSNAMES))
+    return root
+
+
+def _study(world: Path, out: Path, **changes) -> Path:
+    data = {
+        "name": "tiny", "task": "cifar10", "out": str(out), "eval_root": str(world / "eval"),
+        "scales": [20, 40], "seeds": [0, 1], "lrs": [1e-3],
+        "arms": {"synthetic": {"source": "shards", "shards": str(world / "armA"), "decontaminate": False},
+                 "retrieved": {"source": "shards", "shards": str(world / "armB")}},
+        "base": {"curate": {"model": "synthimg-tiny-vit", "pretrained": None, "top": 0.6, "workers": 0,
+                            "descriptor": "none"},
+                 "train": {"model": "synthimg-tiny-vit", "pretrained": None, "epochs": 2, "batch_size": 20,
+                           "warmup": 2, "workers": 0, "precision": "fp32", "lr": 1e-3},
+                 "eval": {"workers": 0, "lp_epochs": 10}},
+    }
+    data.update(changes)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Recorder:
+    """Runs command lines in process and records them; optionally interrupts at the n-th train step."""
+
+    def __init__(self, interrupt_at: int | None = None, fail_name: str | None = None):
+        self.calls: list[list[str]] = []
+        self.interrupt_at, self.fail_name = interrupt_at, fail_name
+
+    def __call__(self, argv: list[str]) -> None:
+        self.calls.append(argv)
+        trains = [c for c in self.calls if c[0] == "train"]
+        if argv[0] == "train" and self.interrupt_at is not None and len(trains) == self.interrupt_at:
+            raise KeyboardInterrupt
+        if self.fail_name and argv[0] == "train" and self.fail_name in argv[argv.index("--name") + 1]:
+            raise SynthimgError("simulated failure")
+        _invoke(argv)
+
+    def kinds(self) -> list[str]:
+        return [c[0] if c[0] not in ("curate",) else f"curate {c[1]}" for c in self.calls]
+
+
+def test_tiny_study_interrupt_resume_and_rerun_one_cell(world, tmp_path):
+    study = load_study(_study(world, tmp_path / "s"))
+    first = Recorder(interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, first, echo=lambda *_: None)
+    assert first.kinds().count("train") == 3  # two cells finished, the third was interrupted
+
+    second = Recorder()
+    stats = run_study(study, second, echo=lambda *_: None)
+    assert second.kinds().count("train") == 6  # 8 cells - the 2 finished before
+    assert "curate score" not in second.kinds()  # shared steps are not redone
+    assert stats["cells_done"] == 8 and not stats["failed"]
+    results = (tmp_path / "s" / "results.jsonl").read_text().splitlines()
+    arms = {json.loads(line)["arm"] for line in results}
+    assert arms == {"synthetic", "retrieved", "zeroshot_baseline"}
+    report = tmp_path / "s" / "report"
+    for name in ("results.md", "results.tex", "results_long.csv", "scaling_cifar10.png", "report.html",
+                 "distances.csv", "clip_scores_cifar10.png"):
+        assert (report / name).is_file(), name
+    html = (report / "report.html").read_text()
+    assert "Galleries" in html and "data:image/jpeg;base64" in html and "FID" in html
+    assert list((report / "galleries").glob("*.png"))
+
+    third = Recorder()
+    run_study(study, third, echo=lambda *_: None)
+    assert third.calls == []  # run twice: the work is done once
+
+    cell = next((tmp_path / "s" / "cells").glob("retrieved-n40-s1-*"))
+    (cell / "results.jsonl").unlink()
+    fourth = Recorder()
+    run_study(study, fourth, echo=lambda *_: None)
+    assert [c[0] for c in fourth.calls] == ["train"]
+    assert cell.name in fourth.calls[0]
+    assert len((tmp_path / "s" / "results.jsonl").read_text().splitlines()) == len(results)
+
+
+def test_a_failed_cell_is_reported_and_the_others_go_on(world, tmp_path):
+    study = load_study(_study(world, tmp_path / "f", scales=[20], seeds=[0], analysis=False, baseline=False))
+    rec = Recorder(fail_name="synthetic-n20")
+    stats = run_study(study, rec, echo=lambda *_: None)
+    assert len(stats["failed"]) == 1 and "simulated failure" in next(iter(stats["failed"].values()))
+    assert stats["cells_done"] == 1
+    again = Recorder()
+    stats = run_study(study, again, echo=lambda *_: None)
+    assert [c[0] for c in again.calls] == ["train"] and stats["cells_done"] == 2
+
+
+def test_mixed_arm_trains_on_both_pools(world, tmp_path):
+    study = load_study(_study(world, tmp_path / "m", scales=[20], seeds=[0], analysis=False, baseline=False,
+                              arms={"synthetic": {"source": "shards", "shards": str(world / "armA")},
+                                    "retrieved": {"source": "shards", "shards": str(world / "armB")},
+                                    "mixed": {"source": "mixed", "mix": {"synthetic": 0.5, "retrieved": 0.5}}}))
+    stats = run_study(study, _invoke, echo=lambda *_: None)
+    assert stats["cells_done"] == 3 and not stats["failed"]
+    lines = [json.loads(x) for x in (tmp_path / "m" / "results.jsonl").read_text().splitlines()]
+    mixed = [r for r in lines if r["arm"] == "mixed"]
+    assert mixed and {r["num_train_images"] for r in mixed} == {20}
+
+
+@pytest.mark.parametrize("config", PAPER, ids=[p.stem for p in PAPER])
+def test_dry_run_on_each_paper_config(config, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "synthimg", "study", str(config), "--dry-run", "--json",
+                           "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    cells = [s for s in plan["steps"] if s["kind"] == "train"]
+    assert len(cells) >= 2 * 3 and all(s["status"] == "todo" for s in cells)
+    assert plan["estimate"]["totals"]["images_to_generate"] > 0
+    assert plan["estimate"]["totals"]["gpu_hours"] > 0
+    assert not (tmp_path / "s").exists()  # a dry run writes nothing
+
+
+def test_paper_config_numbers():
+    air = load_study(CONFIGS / "unmet_promise_fgvc_aircraft.yaml")
+    assert air.arm_scales("retrieved") == [15000, 139000]
+    assert {139000, 250000, 500000} <= set(air.arm_scales("synthetic"))
+    assert len(air.seeds) >= 3 and air.lrs == [1e-5, 1e-6]
+    cfg = air.stage_config("retrieved")
+    assert cfg.retrieve.backend == "substring" and cfg.curate.top == 0.3 and cfg.curate.cap == 10000
+    assert cfg.generate.cfg == 2.0 and cfg.train.batch_size == 512 and cfg.train.epochs == 30
+    imagenet = load_study(CONFIGS / "unmet_promise_imagenet.yaml")
+    assert imagenet.lrs == [1e-6] and imagenet.stage_config().train.epochs == 10
+    assert imagenet.stage_config("retrieved").retrieve.k_per_query == 500
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arms": {"a": {"source": "synthetic"}}}, "pool_per_class"),
+    ({"arms": {"a": {"source": "mixed", "mix": {"b": 0.5, "c": 0.5}}}}, "not a non-mixed arm"),
+    ({"base": {"train": {"lrr": 1}}}, "unknown config key 'train.lrr'"),
+    ({"bogus": 1}, "unknown config key 'bogus'"),
+])
+def test_study_config_errors_are_one_line(world, tmp_path, change, message):
+    path = _study(world, tmp_path / "e", **change)
+    proc = subprocess.run([sys.executable, "-m", "synthimg", "study", str(path), "--dry-run"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_slurm_executor_through_submitit(world, tmp_path):
+    pytest.importorskip("submitit")
+    path = _study(world, tmp_path / "j", scales=[20], seeds=[0], analysis=False, baseline=False,
+                  arms={"retrieved": {"source": "shards", "shards": str(world / "armB"), "filter": False,
+                                      "decontaminate": False}},
+                  executor={"kind": "slurm", "slurm": {"cluster": "local", "timeout_min": 10}})
+    stats = run_study(load_study(path), None, echo=lambda *_: None)
+    assert not stats["failed"] and stats["cells_done"] == 1, stats
+    assert len(stats["submitted"]) == 3  # score, subsample, one cell
+    assert list((tmp_path / "j" / "slurm").iterdir())
