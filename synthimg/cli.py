@@ -789,6 +789,73 @@ def _invoke(argv: list[str]) -> None:
         raise SynthimgError(f"synthimg {' '.join(argv[:2])} exited with status {result}")
 
 
+toyworld_app = typer.Typer(help="The toy world: a procedural upstream and benchmarks, tiny models trained on it.",
+                           no_args_is_help=True)
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("build")
+def toyworld_build(
+    out: Path = typer.Option(..., "--out", "-o"),
+    seed: int = typer.Option(0),
+    upstream: int = typer.Option(12000, help="upstream images"),
+) -> None:
+    """Write the upstream (shards, files, LAION-like parquet) and the toy tasks' eval splits."""
+    from synthimg.toyworld.world import WorldConfig, build_world
+
+    info = build_world(out, WorldConfig(seed=seed, upstream=upstream))
+    typer.echo(f"{info['upstream']:,} upstream images ({len(info['planted'])} planted near-copies of test images), "
+               f"tasks {', '.join(info['tasks'])} -> {out}")
+
+
+@toyworld_app.command("pretrain")
+def toyworld_pretrain(
+    world: Path = typer.Option(..., "--world", help="a world from `synthimg toyworld build` (default size, same seed)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="weights folder (default: the package's own)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Reproduce the shipped tiny CLIP and tiny Stable Diffusion pipeline from the world."""
+    from synthimg.toyworld.pretrain import WEIGHTS, pretrain
+
+    stats = pretrain(world, out or WEIGHTS, seed=seed, echo=typer.echo)
+    typer.echo(f"CLIP {stats['clip']['seconds']:.0f}s, SD {stats['sd']['seconds']:.0f}s -> {out or WEIGHTS}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("synthimg-demo"), "--out", "-o", help="where the world, study and report go"),
+    quick: bool = typer.Option(False, "--quick", help="a sub-minute smoke version (one seed, one scale)"),
+) -> None:
+    """The whole study in miniature on the toy world (no downloads): every stage, then the report."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from synthimg.toyworld.demo import run_demo
+
+    console = Console()
+    stats = run_demo(out, quick, _invoke, echo=lambda m: console.print(m, markup=False, highlight=False))
+    if stats["failed"]:
+        for sid, msg in stats["failed"].items():
+            typer.echo(f"failed: {sid}: {msg}", err=True)
+        raise SynthimgError(f"{len(stats['failed'])} demo steps failed; rerun to retry them")
+    summary = pd.read_csv(stats["summary"])
+    for mode, rows in summary.groupby("eval_mode", sort=False):
+        table = Table("arm", "images", "test acc1 (%)", "seeds", "vs baseline",
+                      title=f"{'zero-shot' if mode == 'zs' else 'linear probe'} on {rows['dataset'].iloc[0]}")
+        for r in rows.sort_values(["arm", "num_train_images"]).itertuples():
+            std = f" ± {100 * r.acc1_std:.1f}" if r.acc1_std == r.acc1_std else ""
+            delta = f"{100 * r.delta_acc1:+.1f}" if r.delta_acc1 == r.delta_acc1 else "-"
+            table.add_row(r.arm, f"{int(r.num_train_images):,}", f"{100 * r.acc1_mean:.1f}{std}", str(int(r.acc1_count)),
+                          delta)
+        console.print(table)
+    for note in stats.get("notes", []):
+        console.print(note, markup=False, highlight=False)
+    report = Path(stats["report"]).parent
+    console.print(f"report: {stats['report']}\nplots: {report}/scaling_*.png\ngalleries: {report}/galleries/\n"
+                  f"rerun or extend: synthimg study {stats['study_yaml']}", markup=False, highlight=False)
+
+
 @app.command("report")
 def report_cmd(
     results: list[Path] = typer.Argument(..., help="results.jsonl files (or run folders holding them)"),

@@ -166,8 +166,8 @@ class TrainConfig(StageConfig):
     data: list[str] = Field(default_factory=list, description="shard folders; several are mixed by weight")
     keys: list[str] = Field(default_factory=list, description="key list per shard folder ('' for all samples)")
     weights: list[float] = Field(default_factory=list, description="mixing weights per shard folder")
-    arm: Literal["synthetic", "retrieved", "mixed", "upstream", "sdedit"] | None = Field(
-        None, description="recorded in results; None: from the shards' manifest 'source'")
+    arm: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "recorded in results (synthetic, retrieved, mixed, ... or a study's arm name); None: the manifest's source"))
     learner: Literal["clip", "timm"] = "clip"
     finetune: Literal["ce", "flyp", "lp"] = "ce"
     model: str = "ViT-B-16"

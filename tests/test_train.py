@@ -1,4 +1,3 @@
-import io
 import json
 import os
 import signal
@@ -10,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from synthimg.config import load_config
-from synthimg.data.shards import ShardWriter, finalize, sample_key
+from synthimg.data.shards import sample_key
 from synthimg.errors import SynthimgError
 from synthimg.evaluation.results import read_results
 from tests.conftest import CLASSNAMES, write_colour_shards
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):

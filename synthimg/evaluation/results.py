@@ -11,13 +11,14 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from synthimg import __version__
 
-Arm = Literal["zeroshot_baseline", "synthetic", "retrieved", "mixed", "upstream", "sdedit"]
+# zeroshot_baseline | synthetic | retrieved | mixed | upstream | sdedit, or a study's own arm name
+Arm = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class Metrics(BaseModel):

@@ -6,7 +6,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from synthimg.report.analysis import contact_sheets, distance_table, gallery_rows, histogram_plots, load_analyses
+from synthimg.report.analysis import (
+    contact_sheets,
+    distance_table,
+    gallery_rows,
+    histogram_plots,
+    load_analyses,
+)
 from synthimg.report.html import write_html
 from synthimg.report.plots import cost_table, scaling_plots
 from synthimg.report.results import load, select_on_val
@@ -29,7 +35,8 @@ def seed_noise_notes(table: Any) -> list[str]:
 
 def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str],
                  data_costs: dict[str, float] | None = None,
-                 analyses: list[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+                 analyses: list[str | os.PathLike[str]] | None = None,
+                 notes: list[str] | None = None) -> dict[str, Any]:
     """Tables, plots, cost and ``report.html``; ``analyses``: folders from ``synthimg analyze``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +48,7 @@ def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str
     plots = scaling_plots(table, cost, out)
     wides = {f"{t}, {'zero-shot' if m == 'zs' else 'linear probe'} (test acc1 %)": wide(table, t, m)
              for t, m in table[["dataset", "eval_mode"]].drop_duplicates().itertuples(index=False)}
-    notes = seed_noise_notes(table)
+    notes = list(notes or []) + seed_noise_notes(table)
     infos = load_analyses(list(analyses or []))
     distances = distance_table(infos)
     if not distances.empty:

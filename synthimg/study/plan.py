@@ -230,7 +230,7 @@ class Planner:
             weights.append(float(n))
             deps.append(subsets[part])
         cfg.train.lr, cfg.train.seed = lr, seed
-        cfg.train.arm = cfg.train.arm or _arm_label(name, arm.source)
+        cfg.train.arm = cfg.train.arm or name  # results and tables name the study's arms
         cell = {"arm": name, "scale": scale, "seed": seed, "lr": lr}
         extra = {**cell, "eval_root": s.eval_root}
         h = step_hash("train", cfg, [d.hash for d in deps], extra)
@@ -262,14 +262,6 @@ class Planner:
                          work={"inference": sum(scales) + s.estimates.eval_images})
 
 
-ARM_LABELS = ("synthetic", "retrieved", "mixed", "upstream", "sdedit")
-
-
-def _arm_label(name: str, source: str) -> str | None:
-    """The ``arm`` recorded in results: the arm's name when it is a known label, else its source."""
-    if name in ARM_LABELS:
-        return name
-    return source if source in ARM_LABELS else None  # None: read from the shards' manifest
 
 
 def _num_classes(task: str) -> int:

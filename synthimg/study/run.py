@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from synthimg.errors import SynthimgError
 from synthimg.study.executors import LocalExecutor, Outcome, SlurmExecutor
-from synthimg.study.plan import ARM_LABELS, Step, build_plan, write_configs
+from synthimg.study.plan import Step, build_plan, write_configs
 from synthimg.study.spec import StudyConfig
 from synthimg.study.steps import Invoke, is_done
 
@@ -63,13 +64,28 @@ def data_costs(root: Path, steps: list[Step]) -> dict[str, float]:
         if stats_path is not None and stats_path.is_file() and step.arm:
             stats = json.loads(stats_path.read_text())
             if stats.get("successes"):
-                label = step.arm if step.arm in ARM_LABELS else "synthetic"
-                costs[label] = stats.get("gpu_seconds", 0.0) / stats["successes"] / 3600
+                costs[step.arm] = stats.get("gpu_seconds", 0.0) / stats["successes"] / 3600
     return costs
 
 
-def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print) -> dict[str, Any]:
-    """Run every missing step, then collect and report. Returns ``study_stats.json``'s content."""
+def decontamination_notes(steps: list[Step]) -> list[str]:
+    """One line per decontaminated arm: how many candidates matched evaluation images."""
+    lines = []
+    for step in steps:
+        path = step.outputs[0].parent / "decontaminate_stats.json" if step.kind == "decontaminate" else None
+        if path is not None and path.is_file():
+            s = json.loads(path.read_text())
+            lines.append(f"{step.arm}: decontamination dropped {s['dropped']} of {s['count']} images matching "
+                         f"{s['eval_images']} evaluation images ({s['dropped_by']}).")
+    return lines
+
+
+def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print,
+              notes: Callable[[Path, list[Step]], list[str]] | None = None) -> dict[str, Any]:
+    """Run every missing step, then collect and report. Returns ``study_stats.json``'s content.
+
+    ``notes(root, steps)`` may add lines to the report (the demo counts its planted copies).
+    """
     root = Path(study.out)
     start = time.time()
     steps = build_plan(study, root)
@@ -92,7 +108,9 @@ def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print) -> d
         from synthimg.report.build import build_report
 
         analyses = [s.outputs[0].parent for s in steps if s.kind == "analyze" and is_done(root, s)]
-        info = build_report([results], root / "report", data_costs=data_costs(root, steps), analyses=analyses)
+        extra = decontamination_notes(steps) + (notes(root, steps) if notes else [])
+        info = build_report([results], root / "report", data_costs=data_costs(root, steps), analyses=analyses,
+                            notes=extra)
         stats["report"] = info["html"]
         stats["notes"] = info["notes"]
     (root / "study_stats.json").write_text(json.dumps(stats, indent=1))

@@ -13,7 +13,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from synthimg.config import Config, StageConfig, deep_merge, parse_overrides, read_yaml, validate
+from synthimg.config import (
+    Config,
+    StageConfig,
+    deep_merge,
+    parse_overrides,
+    read_yaml,
+    validate,
+)
 from synthimg.errors import SynthimgError
 
 
