@@ -32,7 +32,7 @@ def resolved_yaml(out: Path, world: Path, weights: Path) -> Path:
     return path
 
 
-def planted_notes(world: Path) -> Any:
+def planted_notes(world: Path, task: str) -> Any:
     """A study notes hook: per retrieved arm, how many planted copies were downloaded and then dropped."""
 
     def notes(root: Path, steps: list[Step]) -> list[str]:
@@ -40,7 +40,8 @@ def planted_notes(world: Path) -> Any:
 
         from synthimg.data.manifest import read_manifest
 
-        planted = {p["url"] for p in json.loads((world / "world.json").read_text())["planted"]}
+        planted = {p["url"] for p in json.loads((world / "world.json").read_text())["planted"]
+                   if p["planted_from"].startswith(f"{task}/")}
         lines = []
         for step in steps:
             if step.kind != "decontaminate" or not (step.outputs[0].parent / "dropped.parquet").is_file():
@@ -48,10 +49,13 @@ def planted_notes(world: Path) -> Any:
             images = next(s for s in steps if s.id == _images_of(step, steps))
             manifest = read_manifest(images.outputs[0].parent)
             dropped = set(pd.read_parquet(step.outputs[0].parent / "dropped.parquet")["key"])
+            checked = set(pd.read_parquet(step.outputs[0].parent / "decontam_scores.parquet")["key"])
             mine = manifest[manifest["url"].isin(planted)]
-            caught = int(mine["key"].isin(dropped).sum())
-            lines.append(f"{step.arm}: {len(mine)} of the {len(planted)} planted near-copies of test images were "
-                         f"retrieved and downloaded; decontamination removed {caught} of them "
+            reached = mine[mine["key"].isin(checked)]
+            caught = int(reached["key"].isin(dropped).sum())
+            lines.append(f"{step.arm}: {len(mine)} of the {len(planted)} near-copies of {task} test images planted in "
+                         f"the upstream were retrieved and downloaded, {len(reached)} of them passed the CLIP-score "
+                         f"filter, and decontamination removed {caught} of those {len(reached)} "
                          f"({len(dropped)} images dropped in all).")
         return lines
 
@@ -79,12 +83,12 @@ def run_demo(out: str | Path, quick: bool, invoke: Any, echo: Any = print) -> di
 
     out = Path(out)
     world = out / ("world_quick" if quick else "world")
-    cfg = WorldConfig(upstream=3000) if quick else WorldConfig()
+    cfg = WorldConfig(upstream=3000 if quick else 8000)  # the first images of the world the models saw
     echo(f"toy world: {cfg.upstream:,} upstream images -> {world}")
     build_world(world, cfg)
     path = resolved_yaml(out, world, WEIGHTS)
     study = load_study(path, QUICK if quick else None, out / ("study_quick" if quick else "study"))
-    stats = run_study(study, invoke, echo, notes=planted_notes(world))
+    stats = run_study(study, invoke, echo, notes=planted_notes(world, study.task))
     stats["summary"] = str(Path(study.out) / "report" / "summary.csv")
     stats["study_yaml"] = str(path)
     return stats
