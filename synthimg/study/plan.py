@@ -57,6 +57,7 @@ class Step:
     run_dir: Path | None = None  # train steps: the run folder (resumed or restarted)
     cell: dict[str, Any] = field(default_factory=dict)
     work: dict[str, float] = field(default_factory=dict)  # images/samples for the cost estimate
+    cfg: Config | None = field(default=None, repr=False)  # the resolved stage sections it runs with
 
 
 def _pick(data: dict[str, Any], dotted: str) -> Any:
@@ -101,8 +102,7 @@ class Planner:
         config_path = self.root / "configs" / f"{sid}.yaml"
         argv = [a.replace("{out}", str(where)) for a in argv] + ["--config", str(config_path)]
         step = Step(id=sid, kind=kind, argv=argv, outputs=[where / o for o in outputs], deps=[d.id for d in deps],
-                    arm=arm, hash=h, config=config_path, **kw)
-        step._cfg = cfg  # type: ignore[attr-defined]
+                    arm=arm, hash=h, config=config_path, cfg=cfg, **kw)
         self.steps.append(step)
         self.index[sid] = step
         return step
@@ -178,8 +178,8 @@ class Planner:
                                work={"download": arm.pool_per_class * n_classes})  # type: ignore[operator]
         else:  # shards: the user's own images
             images = Step(id=f"{name}.shards", kind="shards", argv=[], outputs=[Path(arm.shards) / "manifest.parquet"],
-                          arm=name, hash=config_hash({"shards": str(Path(arm.shards).resolve())}, 10), gpu=False)
-            images._cfg = cfg  # type: ignore[attr-defined]
+                          arm=name, hash=config_hash({"shards": str(Path(arm.shards).resolve())}, 10), gpu=False,
+                          cfg=cfg)
             self.index[images.id] = images
         shards = str(images.outputs[0].parent)
         score = self._add("score", cfg, name, "score", ["curate", "score", "--shards", shards],
@@ -200,7 +200,7 @@ class Planner:
         return images, keys
 
     def _subsample(self, name: str, images: Step, keys: Step, scales: set[int]) -> Step:
-        cfg = images._cfg.model_copy(deep=True)  # type: ignore[attr-defined]
+        cfg = images.cfg.model_copy(deep=True)  # type: ignore[union-attr]
         cfg.curate.scales, cfg.curate.seeds = sorted(scales), list(self.study.seeds)
         argv = ["curate", "subsample", "--shards", str(images.outputs[0].parent), "--out", "{out}"]
         if keys.kind != "score":
@@ -250,7 +250,7 @@ class Planner:
 
     def _analyze(self, name: str, images: Step, keys: Step, subsets: Step) -> Step:
         s = self.study
-        cfg = images._cfg  # type: ignore[attr-defined]
+        cfg = images.cfg
         scales = s.arm_scales(name)
         seed = s.seeds[0]
         argv = ["analyze", "--task", s.task, "--shards", str(images.outputs[0].parent), "--eval-root", str(s.eval_root),
@@ -273,10 +273,10 @@ def _num_classes(task: str) -> int:
 def write_configs(steps: list[Step]) -> None:
     """Write each step's resolved config where its ``--config`` points."""
     for step in steps:
-        if step.config is None:
+        if step.config is None or step.cfg is None:
             continue
         step.config.parent.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(to_dict(step._cfg), sort_keys=False)  # type: ignore[attr-defined]
+        text = yaml.safe_dump(to_dict(step.cfg), sort_keys=False)
         if not step.config.is_file() or step.config.read_text() != text:
             tmp = step.config.with_suffix(".tmp")
             tmp.write_text(text)
