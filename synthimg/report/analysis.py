@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from synthimg.report.plots import save_figure
+
 
 def load_analyses(folders: list[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """Each folder's ``analysis.json`` with ``_dir`` set to the folder (thumbnail paths are relative to it)."""
@@ -57,12 +59,7 @@ def histogram_plots(infos: list[dict[str, Any]], out: Path) -> list[Path]:
         ax.set_ylabel("fraction of images")
         ax.set_title(f"{task}: CLIP scores of the training images")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out / f"clip_scores_{task}.{ext}"
-            fig.savefig(path, dpi=120)
-            paths.append(path)
-        plt.close(fig)
+        paths += save_figure(fig, out / f"clip_scores_{task}", dpi=120)
     return paths
 
 

@@ -5,6 +5,7 @@ shaded std, the zero-shot baseline dashed; ZS and LP panels; and a compute-match
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -47,12 +48,20 @@ def scaling_plots(table: pd.DataFrame, cost: pd.DataFrame | None, out: Path) -> 
             c = t[t["eval_mode"] == modes[0]].merge(cost, on=["dataset", "arm", "num_train_images"], how="inner")
             _panel(axes[0][-1], c, "gpu_hours_total", f"{task}: compute-matched ({modes[0]})")
             axes[0][-1].set_xlabel("GPU-hours (data + training)")
-        fig.tight_layout()
-        for ext in ("png", "pdf"):
-            path = out / f"scaling_{task}.{ext}"
-            fig.savefig(path, dpi=150)
-            paths.append(path)
-        plt.close(fig)
+        paths += save_figure(fig, out / f"scaling_{task}")
+    return paths
+
+
+def save_figure(fig: Any, stem: Path, dpi: int = 150) -> list[Path]:
+    """Write ``STEM.png`` and ``STEM.pdf`` and close the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "pdf"):
+        fig.savefig(stem.with_suffix(f".{ext}"), dpi=dpi)
+        paths.append(stem.with_suffix(f".{ext}"))
+    plt.close(fig)
     return paths
 
 

@@ -35,8 +35,16 @@ class Outcome:
                 "blocked": self.blocked, "submitted": self.submitted}
 
 
-def _blocker(step: Step, bad: dict[str, str]) -> str | None:
-    return next((d for d in step.deps if d in bad), None)
+def _triage(root: Path, step: Step, out: Outcome) -> str | None:
+    """Why ``step`` needs no run: "done" (recorded in ``out``), "blocked by DEP", or None to run it."""
+    if is_done(root, step):
+        out.done_before.append(step.id)
+        return "done"
+    dep = next((d for d in step.deps if d in out.failed or d in out.blocked), None)
+    if dep is not None:
+        out.blocked[step.id] = dep
+        return f"skipped, {dep} failed"
+    return None
 
 
 def local_gpus(requested: int | None) -> int:
@@ -57,13 +65,10 @@ class LocalExecutor:
         out = Outcome()
         todo = [s for s in steps if s.kind != "shards"]
         for i, step in enumerate(todo, 1):
-            if is_done(self.root, step):
-                out.done_before.append(step.id)
-                continue
-            dep = _blocker(step, {**out.failed, **out.blocked})
-            if dep is not None:
-                out.blocked[step.id] = dep
-                self.echo(f"[{i}/{len(todo)}] {step.id}: skipped, {dep} failed")
+            why = _triage(self.root, step, out)
+            if why is not None:
+                if why != "done":
+                    self.echo(f"[{i}/{len(todo)}] {step.id}: {why}")
                 continue
             self.echo(f"[{i}/{len(todo)}] {step.id}: running")
             try:
@@ -114,14 +119,7 @@ class SlurmExecutor:
         out = Outcome()
         jobs: dict[str, Any] = {}
         for step in steps:
-            if step.kind == "shards":
-                continue
-            if is_done(self.root, step):
-                out.done_before.append(step.id)
-                continue
-            dep = _blocker(step, {**out.failed, **out.blocked})
-            if dep is not None:
-                out.blocked[step.id] = dep
+            if step.kind == "shards" or _triage(self.root, step, out) is not None:
                 continue
             pending = [jobs[d] for d in step.deps if d in jobs]
             if not self.on_slurm:  # no scheduler to hold the job: wait for its inputs here
