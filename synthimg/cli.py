@@ -139,13 +139,30 @@ def tasks_show(task: str, as_json: bool = typer.Option(False, "--json")) -> None
 
 
 @config_app.command("show")
-def config_show(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
-    """Print the fully resolved config (defaults < YAML < overrides) as YAML."""
+def config_show(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+    arm: Optional[str] = typer.Option(None, "--arm", help="a study config: that arm's sections (base < its overrides)"),
+) -> None:
+    """Print the fully resolved config (defaults < YAML < overrides) as YAML.
+
+    A study config (with ``arms:``) prints the stage sections its steps run with.
+    """
     import yaml
 
-    from synthimg.config import load_config, to_dict
+    from synthimg.config import load_config, read_yaml, to_dict
 
-    cfg = load_config(config, overrides)
+    if config is not None and "arms" in read_yaml(config):
+        from synthimg.study.spec import load_study
+
+        study = load_study(config, overrides)
+        if arm is not None and arm not in study.arms:
+            raise SynthimgError(f"the study has no arm {arm!r}; arms: {', '.join(study.arms)}")
+        cfg = study.stage_config(arm)
+    else:
+        if arm is not None:
+            raise SynthimgError("--arm needs a study config (-c STUDY.yaml)")
+        cfg = load_config(config, overrides)
     typer.echo(yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
 
 
@@ -638,14 +655,19 @@ def index_build(
     cfg = _resolve(config, overrides, "index", {"model": model, "factory": factory, "pretrained": pretrained})
     if shards is None and captions is None:
         raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
-    rank, _ = init_distributed()
+    import time
+
+    rank, world = init_distributed()
+    start = time.time()
     if shards is not None:
         embed_shards(shards, out, cfg.index)
     barrier()
+    embed_seconds = (time.time() - start) * world
     if rank == 0:
+        start = time.time()
         if captions is not None:
             embed_captions(captions, out, cfg.index)
-        info = build_index(out, cfg.index)
+        info = build_index(out, cfg.index, embed_seconds + time.time() - start)
         save_resolved(cfg, out)
         typer.echo(f"index at {out}: " + ", ".join(f"{k} {v['count']} x {v['dim']}" for k, v in info["kinds"].items()))
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from synthimg.errors import SynthimgError
 
 Source = Literal["synthetic", "retrieved", "upstream"]
-Precision = Literal["fp32", "fp16", "bf16", "amp_bf16", "amp_fp16"]
+Precision = Literal["fp32", "amp_bf16"]
 
 
 class StageConfig(BaseModel):
@@ -161,7 +161,8 @@ class CurateConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    """Fine-tuning (paper Sec. 4): AdamW (0.9, 0.95), wd 0.1, clip 1.0, 500 warmup, cosine, batch 512."""
+    """Fine-tuning (paper Sec. 4, App. D): AdamW (0.9, 0.95), eps 1e-8, wd 0.1 on all parameters, clip 1.0,
+    500 warmup steps then cosine, batch 512, fp32."""
 
     data: list[str] = Field(default_factory=list, description="shard folders; several are mixed by weight")
     keys: list[str] = Field(default_factory=list, description="key list per shard folder ('' for all samples)")
@@ -174,21 +175,24 @@ class TrainConfig(StageConfig):
     pretrained: str | None = "laion2b_s34b_b88k"
     lr: float = Field(1e-5, gt=0, description="the paper sweeps {1e-5, 1e-6}; ImageNet 1e-6")
     wd: float = Field(0.1, ge=0)
+    wd_exclude_norms: bool = Field(False, description=(
+        "no weight decay on biases and norm gains (a common variant); the paper decays every parameter"))
     beta1: float = 0.9
     beta2: float = 0.95
-    eps: float = 1e-6
+    eps: float = Field(1e-8, gt=0, description="the paper: torch's AdamW default, 1e-8")
     grad_clip: float | None = 1.0
     warmup: int = Field(500, ge=0, description="warmup steps, then cosine decay")
     batch_size: int = Field(512, gt=0, description="global batch, kept constant across world sizes")
     grad_accum: int = Field(1, gt=0, description="micro-batches per step on each rank")
     epochs: int = Field(30, gt=0, description="the paper: 30, ImageNet 10")
-    steps_per_epoch: int | None = Field(None, gt=0, description="None: ceil(samples / batch_size)")
+    steps_per_epoch: int | None = Field(None, gt=0, description=(
+        "None: ceil(samples / batch_size), every sample once per epoch; else that many batches of the stream"))
     workers: int = Field(4, ge=0)
     image_size: int | None = Field(None, gt=0, description="None: the model's own input size (224 for ViT-B/16)")
     crop_scale: tuple[float, float] = (0.9, 1.0)
     augment: bool = Field(True, description="RandomResizedCrop (the paper's only augmentation); off: eval preprocessing")
-    shuffle_buffer: int = Field(1000, ge=0)
-    precision: Precision = "amp_bf16"
+    precision: Precision = Field("fp32", description="fp32 (the paper) or amp_bf16 (bf16 autocast on GPU)")
+    tf32: bool = Field(True, description="with fp32 on GPU: TF32 matmuls and convolutions")
     compile: bool = False
     grad_checkpointing: bool = False
     seed: int = 0
@@ -202,7 +206,13 @@ class TrainConfig(StageConfig):
 
 
 class EvalConfig(StageConfig):
-    """Zero-shot and linear-probe evaluation. LP defaults: lr 1e-2, batch 256, 200 epochs, wd 0.1."""
+    """Zero-shot and linear-probe evaluation, at every fine-tuning epoch (paper Sec. 4.1, App. D).
+
+    The probe is the official ``linear_probe.py``: a fresh linear head on L2-normalised frozen
+    features, AdamW (0.9, 0.95), lr 1e-2, batch 256, 200 epochs, 200 warmup steps then cosine,
+    gradient clip 1.0, wd 0.1 (ImageNet: lr 1e-3, 40 epochs, wd 0). Two probes per epoch:
+    train -> val (selects the epoch) and train+val -> test (reported).
+    """
 
     modes: list[Literal["zs", "lp"]] = Field(default_factory=lambda: ["zs", "lp"])
     splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["val", "test"])
@@ -212,6 +222,10 @@ class EvalConfig(StageConfig):
     lp_batch_size: int = Field(256, gt=0)
     lp_epochs: int = Field(200, gt=0)
     lp_wd: float = Field(0.1, ge=0)
+    lp_warmup: int = Field(200, ge=0, description="probe warmup steps, then cosine decay")
+    lp_grad_clip: float | None = Field(1.0, gt=0)
+    lp_beta1: float = 0.9
+    lp_beta2: float = 0.95
 
 
 class Config(StageConfig):

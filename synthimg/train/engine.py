@@ -1,10 +1,14 @@
-"""The training loop: DDP via torchrun/srun, AdamW + warmup/cosine, bf16, checkpoints, resume, WiSE-FT.
+"""The training loop: DDP via torchrun/srun, the paper's AdamW + warmup/cosine, checkpoints, resume, WiSE-FT.
 
 Run layout (open_clip's): ``LOGS/NAME/out.log``, ``config.yaml`` (resolved),
 ``checkpoints/epoch_K.pt``, ``checkpoints/epoch_latest.pt`` (written to a temp file, then
-renamed), ``results.jsonl``. ``resume="latest"`` continues a killed run from its last
-finished epoch to the same final weights (data order and RNG states are functions of the
-seed and epoch, and are restored). Only rank 0 writes.
+renamed), ``results.jsonl``, ``train_stats.json``. ``resume="latest"`` continues a killed
+run from its last finished epoch to the same final weights (data order and RNG states are
+functions of the seed and epoch, and are restored). Only rank 0 writes.
+
+Batches are IID draws from the subset (:mod:`synthimg.train.data`); every epoch records the
+distinct classes per batch against the IID expectation, and how many samples were seen
+once, never or more than once, in ``train_stats.json`` and ``out.log``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class RunState:
     step: int = 0
     elapsed: float = 0.0
     losses: list[float] = field(default_factory=list)
+    epoch_stats: list[dict[str, Any]] = field(default_factory=list)
     steady_since: float | None = None  # wall time after this process's first step (start-up excluded)
     steady_steps: int = 0
     steady_until: float = 0.0
@@ -63,16 +68,18 @@ def _setup_logging(run_dir: Path, rank: int) -> None:
 
 
 def _optimizer(learner: Learner, cfg: Any, total_steps: int) -> tuple[Any, Any]:
-    """timm's factories: AdamW without weight decay on gains and biases, warmup then cosine per step."""
+    """AdamW by timm's factory (the paper: weight decay on every parameter), the paper's warmup + cosine.
+
+    ``wd_exclude_norms`` is the common variant (no decay on biases and norm gains), not the paper's.
+    """
     from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
+
+    from synthimg.train.schedule import paper_scheduler
 
     trainable = _unwrap(learner.model)
     opt = create_optimizer_v2(trainable, opt="adamw", lr=cfg.lr, weight_decay=cfg.wd, betas=(cfg.beta1, cfg.beta2),
-                              eps=cfg.eps)
-    sched = CosineLRScheduler(opt, t_initial=max(1, total_steps), warmup_t=cfg.warmup, warmup_lr_init=0.0,
-                              lr_min=0.0, t_in_epochs=False)
-    return opt, sched
+                              eps=cfg.eps, filter_bias_and_bn=cfg.wd_exclude_norms)
+    return opt, paper_scheduler(opt, cfg.warmup, max(1, total_steps))
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
@@ -100,7 +107,7 @@ class Trainer:
         if cfg.task is None:
             raise SynthimgError("--task is required")
         from synthimg.tasks import get_task
-        from synthimg.train.data import infer_arm, resolve_sources
+        from synthimg.train.data import infer_arm, resolve_sources, sample_table
 
         self.cfg, self.tcfg = cfg, cfg.train
         self.task = get_task(cfg.task)
@@ -116,12 +123,16 @@ class Trainer:
             save_resolved(cfg, self.run_dir)
         barrier()
         _setup_logging(self.run_dir, self.rank)
-        self.arm = self.tcfg.arm or infer_arm(self.sources)
-        self.num_samples = sum(s.size for s in self.sources)
+        self.arm_source = infer_arm(self.sources)
+        self.arm = self.tcfg.arm or self.arm_source
         micro = self.world * self.tcfg.grad_accum
         if self.tcfg.batch_size % micro:
             raise SynthimgError(f"global batch {self.tcfg.batch_size} is not divisible by {self.world} ranks x "
                                 f"{self.tcfg.grad_accum} accumulation steps")
+        self.table = sample_table(self.sources)
+        self.num_samples = len(self.table)
+        if self.table.dropped and any(self.table.dropped.values()):
+            log.warning("unusable samples in the training shards (not trained on): %s", self.table.dropped)
         self.per_rank_batch = self.tcfg.batch_size // micro
         self.steps_per_epoch = self.tcfg.steps_per_epoch or max(1, math.ceil(self.num_samples / self.tcfg.batch_size))
         self.hash = config_hash(cfg)
@@ -132,6 +143,9 @@ class Trainer:
     def _build(self) -> tuple[Learner, dict[str, torch.Tensor]]:
         torch.manual_seed(self.tcfg.seed)
         random.seed(self.tcfg.seed)
+        if self.device.startswith("cuda"):  # the paper trains in fp32; TF32 matmuls keep its numerics close
+            torch.backends.cuda.matmul.allow_tf32 = self.tcfg.tf32
+            torch.backends.cudnn.allow_tf32 = self.tcfg.tf32
         learner = build_learner(self.tcfg, self.task, self.device)
         initial = {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()}
         return learner, initial
@@ -145,8 +159,6 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Path:
-        from synthimg.train.data import epoch_batches
-
         learner, initial = self._build()
         total_steps = self.steps_per_epoch * self.tcfg.epochs
         state = RunState()
@@ -154,68 +166,115 @@ class Trainer:
         if self.tcfg.resume:
             state = self._load(_resume_path(self.run_dir, self.tcfg.resume), learner, opt, sched)
             log.info("resumed from epoch %d (step %d)", state.epoch, state.step)
+            if state.epoch and self.evaluator is not None and not self.evaluator.has_epoch(self.run_dir, state.epoch):
+                self._evaluate_epoch(learner, state)  # killed between the checkpoint and its evaluation
         self._wrap(learner)
-        log.info("training %s (%s) on %d samples of %s: %d epochs x %d steps, global batch %d (%d ranks x %d x %d accum)",
-                 self.tcfg.model, learner_name(self.tcfg), self.num_samples, self.arm, self.tcfg.epochs,
-                 self.steps_per_epoch, self.tcfg.batch_size, self.world, self.per_rank_batch, self.tcfg.grad_accum)
+        log.info("training %s (%s) on %d samples of %s: %d epochs x %d steps, global batch %d (%d ranks x %d x %d accum), "
+                 "IID batches (one permutation of the subset per epoch)", self.tcfg.model, learner_name(self.tcfg),
+                 self.num_samples, self.arm, self.tcfg.epochs, self.steps_per_epoch, self.tcfg.batch_size, self.world,
+                 self.per_rank_batch, self.tcfg.grad_accum)
         params = [p for p in learner.model.parameters() if p.requires_grad]
         for epoch in range(state.epoch, self.tcfg.epochs):
             start = time.time()
             learner.model.train()
-            batches = epoch_batches(self.sources, self.tcfg, learner.transform_train, epoch, self.per_rank_batch,
-                                    self.steps_per_epoch)
-            window_t, window_n, epoch_losses = time.time(), 0, []
-            for step_in_epoch in range(self.steps_per_epoch):
-                loss_value = self._step(learner, opt, params, batches)
-                state.step += 1
-                if state.steady_since is None:
-                    state.steady_since = time.time()
-                else:
-                    state.steady_steps += 1
-                    state.steady_until = time.time()
-                sched.step_update(state.step)
-                epoch_losses.append(loss_value)
-                window_n += self.tcfg.batch_size
-                if state.step % self.tcfg.log_every == 0 or step_in_epoch == self.steps_per_epoch - 1:
-                    rate = window_n / max(1e-9, time.time() - window_t)
-                    for track in self.trackers:
-                        track({"train/loss": loss_value, "train/lr": opt.param_groups[0]["lr"],
-                               "train/samples_per_second": rate, "train/samples_per_second_per_gpu": rate / self.world},
-                              state.step)
-                    log.info("epoch %d step %d/%d loss %.4f lr %.3g samples_per_second %.1f samples_per_second_per_gpu %.1f",
-                             epoch + 1, step_in_epoch + 1, self.steps_per_epoch, loss_value, opt.param_groups[0]["lr"],
-                             rate, rate / self.world)
-                    window_t, window_n = time.time(), 0
+            epoch_losses = self._epoch(learner, opt, sched, params, state, epoch)
             state.epoch = epoch + 1
             state.elapsed += time.time() - start
             state.losses.append(sum(epoch_losses) / len(epoch_losses))
+            state.epoch_stats[-1]["loss"] = state.losses[-1]
             self._checkpoint(learner, opt, sched, state)
             self._evaluate_epoch(learner, state)
         self._finish(learner, initial, state)
         return self.run_dir
 
-    def _step(self, learner: Learner, opt: Any, params: list[torch.nn.Parameter], batches: Any) -> float:
+    def _epoch(self, learner: Learner, opt: Any, sched: Any, params: list[torch.nn.Parameter], state: RunState,
+               epoch: int) -> list[float]:
+        """One epoch of IID batches; appends the epoch's batch diversity and coverage to ``state.epoch_stats``."""
+        import numpy as np
+
+        from synthimg.data.loader import SkipStats
+        from synthimg.train.data import batch_diversity, epoch_loader, plan_epoch
+
+        plan = plan_epoch(self.table, self.tcfg, epoch, self.world, self.rank, self.tcfg.steps_per_epoch)
+        diversity = batch_diversity(self.table, plan)
+        skips = SkipStats()
+        batches = epoch_loader(self.table, plan, learner.transform_train, self.tcfg.workers, skips,
+                               pin_memory=self.device.startswith("cuda"))
+        seen = np.zeros(len(self.table), dtype=np.int32)
+        window_t, window_n, epoch_losses = time.time(), 0, []
+        for step_in_epoch, global_batch in enumerate(plan.global_batches):
+            loss_value = self._step(learner, opt, params, batches, len(global_batch), seen)
+            sched.step()
+            state.step += 1
+            if state.steady_since is None:
+                state.steady_since = time.time()
+            else:
+                state.steady_steps += 1
+                state.steady_until = time.time()
+            epoch_losses.append(loss_value)
+            window_n += len(global_batch)
+            if state.step % self.tcfg.log_every == 0 or step_in_epoch == plan.steps - 1:
+                rate = window_n / max(1e-9, time.time() - window_t)
+                lr = opt.param_groups[0]["lr"]
+                for track in self.trackers:
+                    track({"train/loss": loss_value, "train/lr": lr, "train/samples_per_second": rate,
+                           "train/samples_per_second_per_gpu": rate / self.world}, state.step)
+                log.info("epoch %d step %d/%d loss %.4f lr %.3g samples_per_second %.1f samples_per_second_per_gpu %.1f",
+                         epoch + 1, step_in_epoch + 1, plan.steps, loss_value, lr, rate, rate / self.world)
+                window_t, window_n = time.time(), 0
+        coverage = _coverage(seen, self.world, self.device)
+        record = {"epoch": epoch + 1, **diversity, **coverage, "skipped": skips.as_dict()}
+        state.epoch_stats.append(record)
+        log.info("epoch %d: batch_classes_mean %.2f batch_classes_iid %.2f (distinct classes per batch of %d, "
+                 "IID expectation); %d of %d samples seen once, %d never, %d more than once", epoch + 1,
+                 diversity["batch_classes_mean"], diversity["batch_classes_iid"], self.tcfg.batch_size,
+                 coverage["seen_once"], coverage["samples"], coverage["unseen"], coverage["seen_more"])
+        return epoch_losses
+
+    def _step(self, learner: Learner, opt: Any, params: list[torch.nn.Parameter], batches: Any, n_global: int,
+              seen: Any) -> float:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the global mean loss."""
         from synthimg.runtime import autocast
 
         opt.zero_grad(set_to_none=True)
         total = 0.0
+        weighted = hasattr(learner, "sample_losses")
         for micro in range(self.tcfg.grad_accum):
-            batch = next(batches)
+            batch = self._present(next(batches))
+            real = batch["weight"] > 0
+            if real.any():
+                _mark_seen(seen, batch["index"][real])
             sync = micro == self.tcfg.grad_accum - 1 or not hasattr(learner.model, "no_sync")
             ctx = learner.model.no_sync() if not sync else _null()
             with ctx:
                 with autocast(self.device) if self.tcfg.precision.startswith("amp") else _null():
-                    loss = learner.loss(batch) / self.tcfg.grad_accum
+                    if weighted:
+                        # the sum over the global batch: DDP's mean over ranks then gives the plain mean
+                        losses = learner.sample_losses(batch) * batch["weight"].to(self.device)
+                        loss = losses.sum() * (self.world / n_global)
+                        total += float(losses.detach().sum()) / n_global
+                    else:
+                        loss = learner.loss(batch) / self.tcfg.grad_accum
+                        total += float(loss.detach()) / self.world
                 loss.backward()
-            total += loss.item()
         if self.tcfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, self.tcfg.grad_clip)
         opt.step()
         if self.world > 1:  # log the global mean loss, not rank 0's share
             value = torch.tensor([total], device=self.device)
             torch.distributed.all_reduce(value)
-            total = value.item() / self.world
+            total = value.item()
         return total
+
+    def _present(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A micro-batch whose every sample failed to decode becomes one weight-0 stand-in (DDP needs a backward)."""
+        if batch["image"] is not None:
+            self._shape = batch["image"].shape[1:]
+            return batch
+        if getattr(self, "_shape", None) is None:
+            raise SynthimgError("the first training batch held no readable image: see the skipped samples in out.log")
+        return {"image": torch.zeros((1, *self._shape)), "label": torch.zeros(1, dtype=torch.long),
+                "index": torch.zeros(1, dtype=torch.long), "weight": torch.zeros(1)}
 
     # -- checkpoints --------------------------------------------------------------------------
     def _checkpoint(self, learner: Learner, opt: Any, sched: Any, state: RunState) -> None:
@@ -226,8 +285,10 @@ class Trainer:
                 "step": state.step,
                 "elapsed": state.elapsed,
                 "losses": state.losses,
+                "epoch_stats": json.dumps(state.epoch_stats),
                 "name": self.run_dir.name,
                 "learner": learner_name(self.tcfg),
+                "arm_source": self.arm_source,
                 "task": self.task.name,
                 "config": to_dict(self.cfg),
                 "state_dict": _unwrap(learner.model).state_dict(),
@@ -251,13 +312,15 @@ class Trainer:
         random.setstate(_as_tuple(ckpt["rng_python"]))
         if ckpt.get("rng_learner") is not None and hasattr(learner, "generator"):
             learner.generator.set_state(ckpt["rng_learner"])
-        return RunState(epoch=ckpt["epoch"], step=ckpt["step"], elapsed=ckpt["elapsed"], losses=list(ckpt["losses"]))
+        return RunState(epoch=ckpt["epoch"], step=ckpt["step"], elapsed=ckpt["elapsed"], losses=list(ckpt["losses"]),
+                        epoch_stats=json.loads(ckpt.get("epoch_stats", "[]")))
 
     # -- evaluation ---------------------------------------------------------------------------
     def _record(self, epoch: int, gpu_hours: float) -> dict[str, Any]:
         return {
             "dataset": self.task.name, "model": self.tcfg.model, "pretrained": str(self.tcfg.pretrained or "none"),
-            "arm": self.arm, "num_train_images": self.num_samples, "finetune": learner_name(self.tcfg),
+            "arm": self.arm, "arm_source": self.arm_source, "num_train_images": self.num_samples,
+            "finetune": learner_name(self.tcfg),
             "seed": self.tcfg.seed, "epoch": epoch, "lr": self.tcfg.lr, "gpu_hours": gpu_hours,
             "config_hash": self.hash, "run": self.run_dir.name,
         }
@@ -287,6 +350,9 @@ class Trainer:
                      "steady_samples_per_second": round(state.steady_steps * self.tcfg.batch_size / max(
                          1e-9, state.steady_until - state.steady_since), 2) if state.steady_since and state.steady_steps else None,
                      "world_size": self.world, "epoch_losses": state.losses, "num_train_images": self.num_samples,
+                     "per_epoch": state.epoch_stats, "loader": {"order": "IID: one permutation of the subset per epoch",
+                                                                "index_bytes": self.table.nbytes,
+                                                                "unusable_samples": self.table.dropped},
                      "gpu_hours": state.elapsed * self.world / 3600.0, "device": self.device}
             (self.run_dir / "train_stats.json").write_text(json.dumps(stats, indent=1))
         barrier()
@@ -310,6 +376,22 @@ def _trackers(names: list[str], run_dir: Path, cfg: Config) -> list[Any]:
         wandb.init(project="synthimg", name=run_dir.name, dir=str(run_dir), config=to_dict(cfg))
         trackers.append(lambda metrics, step: wandb.log(metrics, step=step))
     return trackers
+
+
+def _mark_seen(seen: Any, indices: torch.Tensor) -> None:
+    import numpy as np
+
+    np.add.at(seen, indices.numpy(), 1)
+
+
+def _coverage(seen: Any, world: int, device: str) -> dict[str, int]:
+    """How many samples of the subset the epoch trained on once, never, or more than once (all ranks)."""
+    if world > 1:
+        counts = torch.from_numpy(seen).to(device)
+        torch.distributed.all_reduce(counts)
+        seen = counts.cpu().numpy()
+    return {"samples": int(len(seen)), "seen_once": int((seen == 1).sum()), "unseen": int((seen == 0).sum()),
+            "seen_more": int((seen > 1).sum())}
 
 
 def _as_tuple(value: Any) -> Any:

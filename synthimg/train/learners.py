@@ -31,13 +31,20 @@ def build_learner(cfg: TrainConfig, task: TaskSpec, device: str, pretrained: str
 
 
 class Learner:
-    """Base: ``model`` is trained; ``loss(batch)``; ``classifier()`` gives logits for evaluation."""
+    """Base: ``model`` is trained; ``loss(batch)``; ``classifier()`` gives logits for evaluation.
+
+    Learners whose loss is a mean over samples also expose ``sample_losses(batch)`` (one value
+    per sample): the trainer then weights and sums them over the global batch, which keeps a
+    padded last batch exact.
+    """
 
     model: torch.nn.Module
     transform_train: Any
     transform_eval: Any
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        if hasattr(self, "sample_losses"):
+            return self.sample_losses(batch).mean()
         raise NotImplementedError
 
     def classifier(self) -> torch.nn.Module:
@@ -97,9 +104,9 @@ class CeLearner(_ClipBase):
         super().__init__(cfg, task, device, pretrained)
         self.model = ClipClassifier(self.bundle.model.visual, self.zeroshot_head()).to(device)
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def sample_losses(self, batch: dict[str, Any]) -> torch.Tensor:
         logits = self.model(batch["image"].to(self.device, non_blocking=True))
-        return F.cross_entropy(logits, batch["label"].to(self.device))
+        return F.cross_entropy(logits.float(), batch["label"].to(self.device), reduction="none")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         model = getattr(self.model, "module", self.model)
@@ -174,9 +181,9 @@ class TimmLearner(Learner):
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
 
-    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        logits = self.model(batch["image"].to(self.device))
-        return F.cross_entropy(logits, batch["label"].to(self.device))
+    def sample_losses(self, batch: dict[str, Any]) -> torch.Tensor:
+        logits = self.model(batch["image"].to(self.device, non_blocking=True))
+        return F.cross_entropy(logits.float(), batch["label"].to(self.device), reduction="none")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         model = getattr(self.model, "module", self.model)
