@@ -1,9 +1,15 @@
-"""Linear probe: a fresh, normalised linear head on frozen image features (paper Sec. 4).
+"""Linear probe: a fresh, normalised linear head on frozen image features (paper Sec. 4.1, App. D).
 
-Features of each split are computed once and cached to disk (keyed by model and split), so
-an LR sweep does not re-embed. The head trains on the train split with AdamW and a cosine
-schedule; every epoch is scored on val and test, and the reported epoch is the best on val,
-never on test. Defaults: lr 1e-2, batch 256, 200 epochs, wd 0.1 (ImageNet: 1e-3, 40, 0).
+As the official ``adapt/src/models/linear_probe.py``: features are L2-normalised, the head is
+a ``torch.nn.Linear`` with its default initialisation, trained with AdamW (0.9, 0.95), the
+paper's warmup + cosine schedule per step, gradient clip 1.0 and a fresh shuffle every epoch,
+and the final head is evaluated (no choice of probe epoch). Defaults: lr 1e-2, batch 256,
+200 epochs, 200 warmup steps, wd 0.1 (ImageNet: 1e-3, 40, 0).
+
+At every fine-tuning epoch two probes are trained on the same features, extracted once:
+train -> val (the line that selects the epoch and LR) and train+val -> test (the reported
+line). The trainer's features are kept in memory for that epoch only; ``synthimg eval`` can
+cache them on disk.
 """
 
 from __future__ import annotations
@@ -48,54 +54,88 @@ def feature_cache_key(*parts: Any) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-@dataclass
-class ProbeResult:
-    best_epoch: int
-    val: dict[str, Any]
-    test: dict[str, Any] | None
-    history: list[dict[str, Any]]
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The probe's hyper-parameters (from ``EvalConfig``'s ``lp_*`` keys)."""
+
+    lr: float = 1e-2
+    batch_size: int = 256
+    epochs: int = 200
+    wd: float = 0.1
+    warmup: int = 200
+    grad_clip: float | None = 1.0
+    betas: tuple[float, float] = (0.9, 0.95)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ProbeSettings":
+        return cls(lr=cfg.lp_lr, batch_size=cfg.lp_batch_size, epochs=cfg.lp_epochs, wd=cfg.lp_wd,
+                   warmup=cfg.lp_warmup, grad_clip=cfg.lp_grad_clip, betas=(cfg.lp_beta1, cfg.lp_beta2))
 
 
-def train_probe(
-    train: tuple[Any, Any],
-    val: tuple[Any, Any],
-    test: tuple[Any, Any] | None,
-    num_classes: int,
-    lr: float = 1e-2,
-    batch_size: int = 256,
-    epochs: int = 200,
-    wd: float = 0.1,
-    seed: int = 0,
-) -> ProbeResult:
-    """Train the head on ``train``; pick the epoch with the best val acc1; report its test metrics."""
+def train_probe(train: tuple[Any, Any], num_classes: int, settings: ProbeSettings = ProbeSettings(), seed: int = 0,
+                device: str = "cpu") -> Any:
+    """Train a linear head on (normalised features, labels); returns the final head (on the CPU)."""
     import torch
+    import torch.nn.functional as F
 
-    x, y = train
+    from synthimg.train.schedule import paper_scheduler
+
+    x, y = train[0].to(device), train[1].to(device)
+    x = F.normalize(x.float(), dim=-1)  # the official ClassificationHead(normalize=True)
+    torch.manual_seed(seed)  # nn.Linear's default initialisation, seeded
+    head = torch.nn.Linear(x.shape[1], num_classes).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.wd, betas=settings.betas)
+    steps_per_epoch = max(1, -(-len(x) // settings.batch_size))
+    sched = paper_scheduler(opt, settings.warmup, settings.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
-        head.bias.zero_()
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
-    steps_per_epoch = max(1, -(-len(x) // batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    best: tuple[float, int, dict[str, Any], dict[str, Any] | None] = (-1.0, -1, {}, None)
-    history = []
-    for epoch in range(1, epochs + 1):
-        head.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
+    head.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        for start in range(0, len(x), settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            loss = F.cross_entropy(head(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), settings.grad_clip)
             opt.step()
             sched.step()
-        head.eval()
-        with torch.no_grad():
-            val_m = classification_metrics(head(val[0]), val[1])
-            test_m = classification_metrics(head(test[0]), test[1]) if test is not None else None
-        history.append({"epoch": epoch, "val_acc1": val_m["acc1"], "test_acc1": test_m["acc1"] if test_m else None})
-        if val_m["acc1"] > best[0]:
-            best = (val_m["acc1"], epoch, val_m, test_m)
-    return ProbeResult(best_epoch=best[1], val=best[2], test=best[3], history=history)
+    return head.eval().cpu()
+
+
+def probe_metrics(head: Any, data: tuple[Any, Any]) -> dict[str, Any]:
+    """CLIP_benchmark metrics of a trained head on (features, labels)."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        return classification_metrics(head(F.normalize(data[0].float(), dim=-1)), data[1])
+
+
+@dataclass
+class ProbePair:
+    """The two probes of one evaluation: train -> val (selection) and train+val -> test (reported)."""
+
+    val: dict[str, Any] | None
+    test: dict[str, Any] | None
+    val_trained_on: str
+    test_trained_on: str
+
+
+def probe_pair(feats: dict[str, tuple[Any, Any]], num_classes: int, settings: ProbeSettings, seed: int,
+               device: str, held_out_val: bool) -> ProbePair:
+    """Both probes from features of ``train``, ``val`` and ``test`` (any of val/test may be absent)."""
+    import torch
+
+    val = test = None
+    if "val" in feats:
+        head = train_probe(feats["train"], num_classes, settings, seed, device)
+        val = probe_metrics(head, feats["val"])
+    if "test" in feats:
+        both = feats["train"] if "val" not in feats else tuple(
+            torch.cat([feats["train"][i], feats["val"][i]]) for i in range(2))
+        head = train_probe(both, num_classes, settings, seed, device)  # type: ignore[arg-type]
+        test = probe_metrics(head, feats["test"])
+    if held_out_val:  # the split has no val: 20% of train stood in for it, the test probe sees all of train
+        return ProbePair(val=val, test=test, val_trained_on="train-80%", test_trained_on="train")
+    return ProbePair(val=val, test=test, val_trained_on="train", test_trained_on="train" if val is None else "train+val")

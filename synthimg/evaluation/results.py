@@ -38,6 +38,7 @@ class ResultRecord(BaseModel):
     task: Literal["zeroshot_classification", "linear_probe"]
     metrics: Metrics
     arm: Arm
+    arm_source: str | None = Field(None, description="the training data's provenance: synthetic, retrieved, mixed, ...")
     num_train_images: int = 0
     finetune: Literal["none", "ce", "flyp", "lp", "timm"] = "none"
     eval_mode: Literal["zs", "lp"]
@@ -51,7 +52,8 @@ class ResultRecord(BaseModel):
     synthimg_version: str = __version__
     git_sha: str = Field(default_factory=lambda: git_sha())
     run: str | None = None
-    lp_epoch: int | None = None
+    lp_trained_on: str | None = Field(None, description="the probe's training splits: train (val line), train+val (test line)")
+    lp_epochs: int | None = None
 
 
 def git_sha() -> str:

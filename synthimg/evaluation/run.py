@@ -14,9 +14,10 @@ from typing import Any
 from synthimg.config import EvalConfig
 from synthimg.errors import SynthimgError
 from synthimg.evaluation.linear_probe import (
+    ProbeSettings,
     extract_features,
     feature_cache_key,
-    train_probe,
+    probe_pair,
 )
 from synthimg.evaluation.results import ResultRecord, append_result
 from synthimg.evaluation.zeroshot import evaluate_zeroshot
@@ -56,40 +57,43 @@ def zeroshot_records(
 
 def linear_probe_records(
     encode: Any, transform: Any, task: TaskSpec, root: str | Path, cfg: EvalConfig, device: str,
-    base: dict[str, Any], cache_dir: Path | None = None, cache_tag: str = "",
+    base: dict[str, Any], cache_dir: Path | None = None, cache_tag: str = "", wise_alpha: float | None = None,
 ) -> list[ResultRecord]:
-    """``lp`` lines for val and test at the probe epoch that is best on val.
+    """The paper's two probes on features extracted once: train -> ``val`` line, train+val -> ``test`` line.
 
-    When the data has no val split, 20% of the train features (seed 42) stand in for it,
-    so the choice is never made on test.
+    When the data has no val split, 20% of the train features (seed 42) stand in for it and
+    the test probe trains on the whole train split, so no choice is ever made on test.
     """
     import torch
 
     feats = {}
     for split in ("train", "val", "test"):
+        if split != "train" and split not in cfg.splits:
+            continue
         dataset = _split(task, split, root, transform)
         if dataset is None:
             continue
         cache = cache_dir / f"{feature_cache_key(cache_tag, task.name, split, root)}.pt" if cache_dir else None
         feats[split] = extract_features(encode, dataset, cfg.batch_size, cfg.workers, device, cache)
-    if "train" not in feats or "test" not in feats:
-        raise SynthimgError(f"the linear probe needs the train and test splits of {task.name} under {root}")
-    if "val" not in feats:
+    if "train" not in feats:
+        raise SynthimgError(f"the linear probe needs the train split of {task.name} under {root}")
+    held_out = "val" not in feats and "val" in cfg.splits
+    if held_out:
         x, y = feats["train"]
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(42))
         cut = len(x) // 5
         feats["val"], feats["train"] = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
-    result = train_probe(feats["train"], feats["val"], feats["test"], task.num_classes, lr=cfg.lp_lr,
-                         batch_size=cfg.lp_batch_size, epochs=cfg.lp_epochs, wd=cfg.lp_wd, seed=base.get("seed", 0))
+    pair = probe_pair(feats, task.num_classes, ProbeSettings.from_config(cfg), base.get("seed", 0), device, held_out)
     return [
-        ResultRecord(**base, task="linear_probe", eval_mode="lp", split=split, metrics=metrics, lp_epoch=result.best_epoch)
-        for split, metrics in (("val", result.val), ("test", result.test))
+        ResultRecord(**base, task="linear_probe", eval_mode="lp", split=split, metrics=metrics, lp_trained_on=trained,
+                     lp_epochs=cfg.lp_epochs, wise_alpha=wise_alpha)
+        for split, metrics, trained in (("val", pair.val, pair.val_trained_on), ("test", pair.test, pair.test_trained_on))
         if split in cfg.splits and metrics is not None
     ]
 
 
 class RunEvaluator:
-    """Per-epoch zero-shot evaluation and a final linear probe for a training run."""
+    """Zero-shot lines and the two linear probes at every epoch of a training run (and for WiSE-FT mixes)."""
 
     def __init__(self, task: TaskSpec, root: str | Path, cfg: EvalConfig):
         self.task, self.root, self.cfg = task, root, cfg
@@ -101,16 +105,27 @@ class RunEvaluator:
             log.info("eval %s %s epoch %d%s: acc1 %.4f", r.eval_mode, r.split, r.epoch,
                      f" wise_alpha {r.wise_alpha}" if r.wise_alpha is not None else "", r.metrics.acc1)
 
+    def has_epoch(self, run_dir: Path, epoch: int) -> bool:
+        """True when ``results.jsonl`` already holds this epoch's lines (a resumed run skips them)."""
+        from synthimg.evaluation.results import read_results
+
+        path = run_dir / "results.jsonl"
+        if not path.is_file():
+            return False
+        return any(r.epoch == epoch and r.wise_alpha is None for r in read_results(path))
+
     def on_epoch(self, learner: Any, base: dict[str, Any], run_dir: Path, device: str, wise_alpha: float | None = None) -> None:
+        records: list[ResultRecord] = []
         if "zs" in self.cfg.modes:
-            self._write(run_dir, zeroshot_records(learner.classifier(), learner.transform_eval, self.task, self.root,
-                                                  self.cfg, device, base, wise_alpha=wise_alpha))
+            records += zeroshot_records(learner.classifier(), learner.transform_eval, self.task, self.root, self.cfg,
+                                        device, base, wise_alpha=wise_alpha)
+        if "lp" in self.cfg.modes:
+            records += linear_probe_records(learner.encode_image, learner.transform_eval, self.task, self.root,
+                                            self.cfg, device, base, wise_alpha=wise_alpha)
+        self._write(run_dir, records)
 
     def on_finish(self, learner: Any, base: dict[str, Any], run_dir: Path, device: str) -> None:
-        if "lp" in self.cfg.modes:
-            self._write(run_dir, linear_probe_records(learner.encode_image, learner.transform_eval, self.task, self.root,
-                                                      self.cfg, device, base, cache_dir=run_dir / "features",
-                                                      cache_tag=f"{run_dir.name}/epoch{base['epoch']}"))
+        """Nothing left to do: both metrics were evaluated at every epoch."""
 
 
 def load_learner(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, Any]]:
@@ -155,7 +170,8 @@ def evaluate(
         learner, ckpt = load_learner(pretrained, device)
         tcfg = ckpt["config"]["train"]
         base = {"dataset": task.name, "model": tcfg["model"], "pretrained": str(pretrained),
-                "arm": tcfg.get("arm") or arm, "finetune": ckpt["learner"], "seed": tcfg["seed"],
+                "arm": tcfg.get("arm") or arm, "arm_source": ckpt.get("arm_source"), "finetune": ckpt["learner"],
+                "seed": tcfg["seed"],
                 "epoch": ckpt["epoch"], "lr": tcfg["lr"], "config_hash": config_hash(ckpt["config"]),
                 "run": ckpt["name"]}
         classifier, encode, transform = learner.classifier(), learner.encode_image, learner.transform_eval
