@@ -58,3 +58,22 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def carried_gpu_seconds(stats_path: Any, this_run: float) -> float:
+    """Device-seconds of a resumable stage: this run's plus those an earlier, interrupted run recorded.
+
+    A rerun that finds the work done adds nothing, so a stage's cost is counted once
+    whatever the number of runs it took.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(stats_path)
+    before = 0.0
+    if path.is_file():
+        try:
+            before = float(json.loads(path.read_text()).get("gpu_seconds") or 0.0)
+        except (ValueError, OSError):
+            before = 0.0
+    return round(before + this_run, 3)

@@ -1,57 +1,119 @@
-import json
 import re
 
+import pandas as pd
 import pytest
 
 from synthimg.evaluation.results import ResultRecord, append_result
 from synthimg.report.build import build_report
 
+SEEDS = (0, 1, 2)
 
-def _line(path, arm, n, seed, split, epoch, acc, mode="zs", lr=1e-5, wise=None, task="fgvc_aircraft"):
+
+def _line(path, arm, n, seed, split, epoch, acc, mode="zs", lr=1e-5, wise=None, task="fgvc_aircraft", source=None):
     append_result(path, ResultRecord(
         dataset=task, model="ViT-B-16", pretrained="laion2b_s34b_b88k",  # offline-ok: a label, nothing loads
         task="zeroshot_classification" if mode == "zs" else "linear_probe",
-        metrics={"acc1": acc, "acc5": None, "mean_per_class_recall": acc}, arm=arm, num_train_images=n,
-        finetune="none" if arm == "zeroshot_baseline" else "ce", eval_mode=mode, split=split, seed=seed, epoch=epoch,
-        lr=None if arm == "zeroshot_baseline" else lr, wise_alpha=wise, gpu_hours=0.5 * n / 1000))
+        metrics={"acc1": acc, "acc5": None, "mean_per_class_recall": acc}, arm=arm, arm_source=source,
+        num_train_images=n, finetune="none" if arm == "zeroshot_baseline" else "ce", eval_mode=mode, split=split,
+        seed=seed, epoch=epoch, lr=None if arm == "zeroshot_baseline" else lr, wise_alpha=wise,
+        gpu_hours=0.5 * n / 1000))
 
 
 @pytest.fixture
 def results(tmp_path):
+    """Two arms x 3 seeds x 2 LRs x 2 epochs, with traps for selection on test and on one seed."""
     path = tmp_path / "results.jsonl"
-    _line(path, "zeroshot_baseline", 0, 0, "val", 0, 0.27)
-    _line(path, "zeroshot_baseline", 0, 0, "test", 0, 0.27)
-    for seed, noise in ((0, 0.0), (1, 0.02)):
-        for n, base in ((1000, 0.30), (10000, 0.40)):
-            # epoch 1 is best on val but worse on test: the report must take epoch 1
-            _line(path, "retrieved", n, seed, "val", 1, base + 0.05 + noise)
-            _line(path, "retrieved", n, seed, "test", 1, base + noise)
-            _line(path, "retrieved", n, seed, "val", 2, base + noise)
-            _line(path, "retrieved", n, seed, "test", 2, base + 0.10 + noise)
-            _line(path, "retrieved", n, seed, "test", 2, 0.99, wise=0.5)  # WiSE lines are kept apart
-    _line(path, "synthetic", 1000, 0, "val", 1, 0.20)
-    _line(path, "synthetic", 1000, 0, "test", 1, 0.25)
+    for split in ("val", "test"):
+        _line(path, "zeroshot_baseline", 0, 0, split, 0, 0.27)
+    for arm, base in (("retrieved", 0.40), ("synthetic", 0.30)):
+        for seed in SEEDS:
+            noise = 0.01 * seed
+            # lr 1e-5: epoch 1 is best on val (and worse on test than epoch 2: the report must take epoch 1)
+            _line(path, arm, 1000, seed, "val", 1, base + 0.05 + noise)
+            _line(path, arm, 1000, seed, "test", 1, base + noise)
+            _line(path, arm, 1000, seed, "val", 2, base + noise)
+            _line(path, arm, 1000, seed, "test", 2, base + 0.10 + noise)
+            # lr 1e-6: seed 0 is lucky on val (a per-seed choice would take it), the mean over seeds is lower
+            lucky = 0.30 if seed == 0 else -0.20
+            _line(path, arm, 1000, seed, "val", 1, base + lucky, lr=1e-6)
+            _line(path, arm, 1000, seed, "test", 1, 0.99, lr=1e-6)
+            _line(path, arm, 1000, seed, "test", 2, 0.99, wise=0.5)  # WiSE lines are kept apart
+    # retrieved at 10,000 images: seed 2's selected point has no test line
+    for seed in SEEDS:
+        _line(path, "retrieved", 10000, seed, "val", 1, 0.50)
+        if seed != 2:
+            _line(path, "retrieved", 10000, seed, "test", 1, 0.45)
     return path
+
+
+def test_one_lr_per_cell_by_mean_val_and_retrieved_minus_synthetic(results, tmp_path, caplog):
+    from scipy import stats
+
+    out = tmp_path / "report"
+    costs = {"retrieved": {"index": 2e-4, "retrieve": 1e-5, "score": 1e-5},
+             "synthetic": {"captions": 1e-5, "generate": 1e-3, "score": 1e-5}}
+    info = build_report([results], out, data_costs=costs)
+    chosen = pd.read_csv(out / "results_long.csv")
+    small = chosen[chosen.num_train_images == 1000]
+    assert set(small.selected_lr) == {1e-5} and set(small.epoch) == {1}  # lr by the mean, epoch by val
+    assert len(small) == 6 and set(small.seed) == set(SEEDS)
+    summary = pd.read_csv(out / "summary.csv")
+    row = summary[(summary.arm == "retrieved") & (summary.num_train_images == 1000)].iloc[0]
+    assert row.acc1_mean == pytest.approx(0.41) and row.acc1_std == pytest.approx(0.01) and row.acc1_count == 3
+    assert row.delta_acc1 == pytest.approx(0.14)
+
+    # retrieved - synthetic at equal N, with Welch's 95% interval
+    diffs = pd.read_csv(out / "differences.csv")
+    d = diffs[diffs.num_train_images == 1000].iloc[0]
+    r = [0.40 + 0.01 * s for s in SEEDS]
+    s = [0.30 + 0.01 * s for s in SEEDS]
+    ref = stats.ttest_ind(r, s, equal_var=False).confidence_interval(0.95)
+    assert d.diff_acc1 == pytest.approx(0.10) and (d.ci_low, d.ci_high) == pytest.approx((ref.low, ref.high))
+    assert bool(d.excludes_zero)
+    assert any("retrieved - synthetic = +10.0 points" in n and "95% CI" in n and "excludes 0" in n for n in info["notes"])
+
+    # the selected point without a test line is reported as missing, with a warning, not dropped
+    assert info["missing"] == [{"dataset": "fgvc_aircraft", "model": "ViT-B-16", "arm": "retrieved", "finetune": "ce",
+                                "eval_mode": "zs", "num_train_images": 10000, "seed": 2, "lr": 1e-5, "epoch": 1}]
+    assert any("has no test line" in rec.getMessage() for rec in caplog.records)
+    big = summary[(summary.arm == "retrieved") & (summary.num_train_images == 10000)].iloc[0]
+    assert big.acc1_count == 2 and big.missing == 1
+    assert any(n.startswith("missing: fgvc_aircraft zs retrieved at 10,000") for n in info["notes"])
+
+    # the compute view charges every arm its data: retrieval's index, queries and scoring too
+    cost = pd.read_csv(out / "cost.csv")
+    ret = cost[(cost.arm == "retrieved") & (cost.num_train_images == 1000)].iloc[0]
+    assert ret.data_index_gpu_hours == pytest.approx(0.2) and ret.data_gpu_hours == pytest.approx(0.22)
+    assert ret.gpu_hours_total == pytest.approx(0.5 + 0.22)
+    syn = cost[(cost.arm == "synthetic")].iloc[0]
+    assert syn.data_generate_gpu_hours == pytest.approx(1.0) and syn.data_index_gpu_hours == 0
 
 
 def test_report_tables_plots_and_html(results, tmp_path):
     out = tmp_path / "report"
-    info = build_report([results], out)
-    summary = __import__("pandas").read_csv(out / "summary.csv")
-    row = summary[(summary.arm == "retrieved") & (summary.num_train_images == 1000)].iloc[0]
-    assert row.acc1_mean == pytest.approx(0.31) and row.acc1_std == pytest.approx(0.01414, abs=1e-4)  # val-chosen epoch 1
-    assert row.delta_acc1 == pytest.approx(0.04) and row.acc1_count == 2
+    build_report([results], out)
     md = (out / "results.md").read_text()
-    assert "31.0 ± 1.4" in md and "—" in md  # synthetic at 10,000 images is missing, shown as missing
+    assert "41.0 ± 1.0" in md and "—" in md  # synthetic at 10,000 images is missing, shown as missing
+    assert "Retrieved − synthetic" in md
     tex = (out / "results.tex").read_text()
     assert tex.count("\\begin{table}") == tex.count("\\end{table}") and "\\toprule" in tex and "\\bottomrule" in tex
     assert tex.count("{") == tex.count("}")
     for name in ("scaling_fgvc_aircraft.png", "scaling_fgvc_aircraft.pdf", "cost.csv", "results_long.csv"):
         assert (out / name).is_file()
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 and "31.0 ± 1.4" in page and "<table" in page
+    assert page.count("data:image/png;base64,") == 1 and "41.0 ± 1.0" in page and "<table" in page
     assert not re.search(r"src='(?!data:)", page)  # nothing referenced outside the page
-    assert any("exceeds" in n or "within" in n for n in info["notes"])
+
+
+def test_arm_kind_comes_from_the_data_not_the_name(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for seed in SEEDS:
+        for arm, source, acc in (("knn", "retrieved", 0.5), ("substring", "retrieved", 0.4), ("sd15", "synthetic", 0.3)):
+            _line(path, arm, 100, seed, "val", 1, acc + 0.01 * seed, source=source)
+            _line(path, arm, 100, seed, "test", 1, acc + 0.01 * seed, source=source)
+    info = build_report([path], tmp_path / "out")
+    pairs = {(d["retrieved"], d["synthetic"]) for d in info["differences"]}
+    assert pairs == {("knn", "sd15"), ("substring", "sd15")}
 
 
 def test_report_cli(results, tmp_path, capsys):
@@ -60,8 +122,9 @@ def test_report_cli(results, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["report", str(results), "--out", str(tmp_path / "r")])
     assert info.value.code == 0 and (tmp_path / "r" / "report.html").is_file()
-    assert "points vs the zero-shot baseline" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "points vs the pretrained baseline" in out and "retrieved - synthetic" in out
     with pytest.raises(SystemExit) as info:
         main(["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r2")])
     assert info.value.code == 2
-    json.dumps({})
+    assert (tmp_path / "r" / "differences.csv").read_text().startswith("dataset,eval_mode,num_train_images,retrieved")

@@ -66,7 +66,7 @@ def score_shards(
     from synthimg.data.loader import SkipStats
     from synthimg.models.clip import create_clip
     from synthimg.progress import progress_bar
-    from synthimg.runtime import autocast, default_device, gather_to_rank0
+    from synthimg.runtime import autocast, carried_gpu_seconds, default_device, gather_to_rank0
 
     shard_dir = Path(shard_dir)
     start = time.time()
@@ -104,9 +104,12 @@ def score_shards(
     merge_columns(shard_dir, table.assign(
         clip_score_model=f"{cfg.model}:{cfg.pretrained or 'random'}", clip_score_reduce=cfg.reduce))
     scored = len(table)
-    (shard_dir / CACHE_DIR / "score_stats.json").write_text(json.dumps({
+    stats_path = shard_dir / CACHE_DIR / "score_stats.json"
+    this_run = (time.time() - start) * len(gathered) if todo else 0.0
+    stats_path.write_text(json.dumps({
         "count": len(manifest), "successes": scored, "newly_scored": sum(len(r) for r in new_rows),
         "cached": len(done), "skipped": stats.as_dict(), "duration": round(time.time() - start, 3),
+        "world_size": len(gathered), "gpu_seconds": carried_gpu_seconds(stats_path, this_run),
         "model": cfg.model, "pretrained": cfg.pretrained, "reduce": cfg.reduce,
     }, indent=1))
     if scored < len(manifest):

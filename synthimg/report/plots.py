@@ -65,10 +65,22 @@ def save_figure(fig: Any, stem: Path, dpi: int = 150) -> list[Path]:
     return paths
 
 
-def cost_table(selected: pd.DataFrame, data_costs: dict[str, float] | None = None) -> pd.DataFrame:
-    """GPU-hours per task, arm and scale: training (from the results) plus data (per image, by arm)."""
-    train = selected.groupby(["dataset", "arm", "num_train_images"])["gpu_hours"].mean().reset_index()
+def cost_table(selected: pd.DataFrame, data_costs: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
+    """GPU-hours per task, arm and scale: training (from the results) plus making the data, per kind of work.
+
+    ``data_costs``: arm -> {kind of work: GPU-hours per curated image}. For a synthetic arm
+    that is captioning, generation and scoring; for a retrieved arm embedding the collection
+    and building the index (amortised over the classes that share it), kNN queries, scoring
+    and decontamination. Every arm's data cost counts, so the compute-matched view favours
+    neither arm.
+    """
+    rows = selected[selected["acc1"].notna()] if "acc1" in selected else selected
+    train = rows.groupby(["dataset", "arm", "num_train_images"])["gpu_hours"].mean().reset_index()
     per_image = data_costs or {}
-    train["data_gpu_hours"] = [per_image.get(a, 0.0) * n for a, n in zip(train["arm"], train["num_train_images"])]
+    kinds = sorted({k for parts in per_image.values() for k in parts})
+    for kind in kinds:
+        train[f"data_{kind}_gpu_hours"] = [per_image.get(a, {}).get(kind, 0.0) * n
+                                           for a, n in zip(train["arm"], train["num_train_images"])]
+    train["data_gpu_hours"] = train[[f"data_{k}_gpu_hours" for k in kinds]].sum(axis=1) if kinds else 0.0
     train["gpu_hours_total"] = train["gpu_hours"] + train["data_gpu_hours"]
     return train

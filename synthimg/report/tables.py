@@ -1,4 +1,10 @@
-"""Tables: task x arm x scale, mean +/- std over seeds, the zero-shot baseline and the delta to it.
+"""Tables: task x arm x scale, mean +/- std over seeds, the baseline, the delta to it, and the study's question.
+
+The question is answered by **retrieved - synthetic at equal N**: for each scale that a
+retrieved arm and a synthetic arm share, the difference of their seed means with a 95%
+Welch t-interval (seeds of the two arms are independent runs, so the variances are not
+pooled). Significance statements come from whether that interval excludes 0, never from
+comparing a change with one std.
 
 Written as Markdown, LaTeX (booktabs, ready to ``\\input``) and CSV (CLIP_benchmark's long
 format: one row per result with the metrics as columns). pandas does the pivoting.
@@ -6,29 +12,114 @@ format: one row per result with the metrics as columns). pandas does the pivotin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
-# Tasks whose reported metric includes mean per-class recall (the paper: Aircraft, Flowers, Pets)
-PER_CLASS_TASKS = {"fgvc_aircraft", "flowers102", "oxford_pets"}
+BASELINE = "zeroshot_baseline"
 
 
 def summary(selected: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and seed count per (task, mode, arm, scale), plus the baseline and the delta to it."""
     metrics = ["acc1", "mean_per_class_recall"]
-    grouped = selected.groupby(["dataset", "eval_mode", "arm", "num_train_images"], dropna=False)[metrics]
+    keys = ["dataset", "eval_mode", "arm", "num_train_images"]
+    grouped = selected.groupby(keys, dropna=False)[metrics]
     table = grouped.agg(["mean", "std", "count"])
     table.columns = [f"{m}_{s}" for m, s in table.columns]
     table = table.reset_index()
-    base = table[table["arm"] == "zeroshot_baseline"][["dataset", "eval_mode", "acc1_mean"]].rename(
+    table["missing"] = selected.assign(m=selected["acc1"].isna()).groupby(keys, dropna=False)["m"].sum().to_numpy()
+    kinds = selected.assign(kind=arm_kind(selected)).groupby(keys, dropna=False)["kind"].first()
+    table["arm_kind"] = kinds.to_numpy()
+    base = table[table["arm"] == BASELINE][["dataset", "eval_mode", "acc1_mean"]].rename(
         columns={"acc1_mean": "baseline_acc1"})
     table = table.merge(base, on=["dataset", "eval_mode"], how="left")
     table["delta_acc1"] = table["acc1_mean"] - table["baseline_acc1"]
-    table.loc[table["arm"] == "zeroshot_baseline", "delta_acc1"] = float("nan")
-    order = {"zeroshot_baseline": 0, "retrieved": 1, "synthetic": 2, "mixed": 3}
+    table.loc[table["arm"] == BASELINE, "delta_acc1"] = float("nan")
+    order = {BASELINE: 0, "retrieved": 1, "synthetic": 2, "mixed": 3}
     return table.sort_values(["dataset", "eval_mode", "arm", "num_train_images"],
                              key=lambda s: s.map(order).fillna(9) if s.name == "arm" else s).reset_index(drop=True)
+
+
+def arm_kind(rows: pd.DataFrame) -> pd.Series:
+    """``retrieved`` / ``synthetic`` / ... per row: the data's provenance, else the arm's own name."""
+    source = rows["arm_source"] if "arm_source" in rows else pd.Series(None, index=rows.index)
+    return source.where(source.notna() & (source != ""), rows["arm"])
+
+
+def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b) with Welch's t-interval: (difference, low, high, degrees of freedom).
+
+    NaN bounds when either side has fewer than two values (no variance to estimate).
+    """
+    from scipy import stats
+
+    a = [x for x in a if x == x]
+    b = [x for x in b if x == x]
+    if not a or not b:
+        return float("nan"), float("nan"), float("nan"), float("nan")
+    diff = sum(a) / len(a) - sum(b) / len(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, float("nan"), float("nan"), float("nan")
+    va, vb = pd.Series(a).var(ddof=1) / len(a), pd.Series(b).var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff, float("inf")
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
+    return diff, diff - half, diff + half, dof
+
+
+def baseline_interval(values: list[float], baseline: float, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(values) - baseline with a one-sample t-interval over seeds (the baseline is one fixed model)."""
+    from scipy import stats
+
+    values = [v for v in values if v == v]
+    if not values:
+        return float("nan"), float("nan"), float("nan")
+    diff = sum(values) / len(values) - baseline
+    if len(values) < 2:
+        return diff, float("nan"), float("nan")
+    se = pd.Series(values).std(ddof=1) / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1)) * se
+    return diff, diff - half, diff + half
+
+
+def arm_differences(selected: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """retrieved - synthetic at equal N: one row per (task, mode, scale, retrieved arm, synthetic arm)."""
+    rows = selected[selected["arm"] != BASELINE].assign(kind=lambda d: arm_kind(d))
+    out = []
+    for (task, mode, n), g in rows.groupby(["dataset", "eval_mode", "num_train_images"]):
+        retrieved = sorted(g.loc[g["kind"] == "retrieved", "arm"].unique())
+        synthetic = sorted(g.loc[g["kind"] == "synthetic", "arm"].unique())
+        for r in retrieved:
+            for s in synthetic:
+                a = g.loc[g["arm"] == r, "acc1"].tolist()
+                b = g.loc[g["arm"] == s, "acc1"].tolist()
+                diff, low, high, dof = welch_interval(a, b, level)
+                excludes = bool(low > 0 or high < 0) if low == low else None
+                out.append({"dataset": task, "eval_mode": mode, "num_train_images": int(n), "retrieved": r,
+                            "synthetic": s, "diff_acc1": diff, "ci_low": low, "ci_high": high, "dof": dof,
+                            "seeds_retrieved": sum(x == x for x in a), "seeds_synthetic": sum(x == x for x in b),
+                            "excludes_zero": excludes})
+    cols = ["dataset", "eval_mode", "num_train_images", "retrieved", "synthetic", "diff_acc1", "ci_low", "ci_high",
+            "dof", "seeds_retrieved", "seeds_synthetic", "excludes_zero"]
+    return pd.DataFrame(out, columns=cols)
+
+
+def difference_sentence(row: object) -> str:
+    """One plain sentence for one comparison, with its interval and what the interval says."""
+    r = row
+    mode = "zero-shot" if r.eval_mode == "zs" else "linear probe"  # type: ignore[attr-defined]
+    head = (f"{r.dataset} {mode}, {int(r.num_train_images):,} images: {r.retrieved} - {r.synthetic} = "  # type: ignore[attr-defined]
+            f"{100 * r.diff_acc1:+.1f} points")  # type: ignore[attr-defined]
+    if r.excludes_zero is None:  # type: ignore[attr-defined]
+        return head + " (fewer than two seeds on a side: no interval)."
+    ci = f"95% CI [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"  # type: ignore[attr-defined]
+    if r.excludes_zero:  # type: ignore[attr-defined]
+        better = r.retrieved if r.diff_acc1 > 0 else r.synthetic  # type: ignore[attr-defined]
+        return f"{head}, {ci}: the interval excludes 0, so {better} is better on this run."
+    return f"{head}, {ci}: the interval includes 0, so this run cannot tell the two apart."
 
 
 def _fmt(mean: float, std: float, n: float, pct: bool = True) -> str:
@@ -46,30 +137,48 @@ def wide(table: pd.DataFrame, task: str, mode: str) -> pd.DataFrame:
     pivot = t.pivot_table(index="arm", columns="scale", values="cell", aggfunc="first").fillna("—")
     cols = sorted(pivot.columns, key=lambda c: int(c.replace(",", "")))
     pivot = pivot[cols]
-    base = t[t["arm"] == "zeroshot_baseline"]["acc1_mean"]
+    base = t[t["arm"] == BASELINE]["acc1_mean"]
     if len(base):
         pivot.insert(0, "baseline", _fmt(base.iloc[0], float("nan"), 1))
     return pivot
 
 
-def write_tables(table: pd.DataFrame, selected: pd.DataFrame, out: Path) -> list[Path]:
-    """``results.md``, ``results.tex``, ``summary.csv`` and ``results_long.csv``."""
+def differences_markdown(diffs: pd.DataFrame) -> str:
+    rows = ["| task | mode | images | retrieved | synthetic | retrieved − synthetic (points) | 95% CI | excludes 0 |",
+            "|---|---|---:|---|---|---:|---|---|"]
+    for r in diffs.itertuples():
+        ci = "—" if r.excludes_zero is None else f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+        ex = "—" if r.excludes_zero is None else ("yes" if r.excludes_zero else "no")
+        rows.append(f"| {r.dataset} | {r.eval_mode} | {int(r.num_train_images):,} | {r.retrieved} | {r.synthetic} | "
+                    f"{100 * r.diff_acc1:+.1f} | {ci} | {ex} |")
+    return "\n".join(rows)
+
+
+def write_tables(table: pd.DataFrame, selected: pd.DataFrame, out: Path, diffs: pd.DataFrame | None = None) -> list[Path]:
+    """``results.md``, ``results.tex``, ``summary.csv``, ``results_long.csv`` and ``differences.csv``."""
     out.mkdir(parents=True, exist_ok=True)
-    md, tex = ["# Results (test accuracy at the epoch and LR chosen on val, mean ± std over seeds)", ""], []
+    diffs = arm_differences(selected) if diffs is None else diffs
+    md = ["# Results (test accuracy; one LR per cell by the mean val accuracy over seeds, each seed at its val-best "
+          "epoch; mean ± std over seeds)", ""]
+    if len(diffs):
+        md += ["## Retrieved − synthetic at equal N (95% Welch interval over seeds)", "", differences_markdown(diffs), ""]
+    tex = []
     for (task, mode), _ in table.groupby(["dataset", "eval_mode"]):
         w = wide(table, task, mode)
         md += [f"## {task}, {'zero-shot' if mode == 'zs' else 'linear probe'} (acc1, %)", "", markdown(w), ""]
         deltas = table[(table.dataset == task) & (table.eval_mode == mode) & table.delta_acc1.notna()]
         if len(deltas):
-            md += ["Delta to the zero-shot baseline (points): " + ", ".join(
+            md += ["Delta to the pretrained baseline (points): " + ", ".join(
                 f"{r.arm} {int(r.num_train_images):,}: {100 * r.delta_acc1:+.1f}" for r in deltas.itertuples()), ""]
         tex.append(w.to_latex(caption=f"{task}, {mode}: test acc1 (\\%)", label=f"tab:{task}-{mode}",
                               escape=True, column_format="l" + "r" * len(w.columns)))
-    paths = [out / "results.md", out / "results.tex", out / "summary.csv", out / "results_long.csv"]
+    paths = [out / "results.md", out / "results.tex", out / "summary.csv", out / "results_long.csv",
+             out / "differences.csv"]
     paths[0].write_text("\n".join(md))
     paths[1].write_text("% requires \\usepackage{booktabs}\n" + "\n".join(tex))
     table.to_csv(paths[2], index=False)
     selected.to_csv(paths[3], index=False)
+    diffs.to_csv(paths[4], index=False)
     return paths
 
 

@@ -110,10 +110,20 @@ def embed_captions(metadata: str, out: Path, cfg: IndexConfig, chunk: int = 100_
     return done
 
 
-def build_index(out: Path, cfg: IndexConfig) -> dict[str, Any]:
-    """Concatenate the parts (sorted by name) into faiss indexes and aligned metadata."""
+def build_index(out: Path, cfg: IndexConfig, embed_gpu_seconds: float = 0.0) -> dict[str, Any]:
+    """Concatenate the parts (sorted by name) into faiss indexes and aligned metadata.
+
+    ``index_stats.json`` records the device-seconds of embedding (``embed_gpu_seconds``,
+    carried over interrupted runs) and of building, which the report charges to the arms
+    that query the index.
+    """
+    import time
+
     import faiss
 
+    from synthimg.runtime import carried_gpu_seconds
+
+    start = time.time()
     info: dict[str, Any] = {"model": cfg.model, "pretrained": cfg.pretrained, "factory": cfg.factory, "kinds": {}}
     for kind in KINDS:
         parts = sorted((out / "parts" / kind).glob("*.parquet")) if (out / "parts" / kind).is_dir() else []
@@ -133,6 +143,11 @@ def build_index(out: Path, cfg: IndexConfig) -> dict[str, Any]:
     if not info["kinds"]:
         raise SynthimgError(f"nothing embedded in {out}")
     (out / "info.json").write_text(json.dumps(info, indent=1))
+    stats_path = out / "index_stats.json"
+    stats = {"count": sum(k["count"] for k in info["kinds"].values()), "kinds": info["kinds"], "factory": cfg.factory,
+             "build_seconds": round(time.time() - start, 3),
+             "gpu_seconds": carried_gpu_seconds(stats_path, embed_gpu_seconds + time.time() - start)}
+    stats_path.write_text(json.dumps(stats, indent=1))
     return info
 
 

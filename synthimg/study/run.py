@@ -56,15 +56,57 @@ def collect(root: Path, steps: list[Step]) -> Path:
     return path
 
 
-def data_costs(root: Path, steps: list[Step]) -> dict[str, float]:
-    """GPU-hours per image of each generated arm (from generate_stats.json), for the cost table."""
-    costs = {}
-    for step in steps:
-        stats_path = step.outputs[0] if step.kind == "generate" else None
-        if stats_path is not None and stats_path.is_file() and step.arm:
-            stats = json.loads(stats_path.read_text())
-            if stats.get("successes"):
-                costs[step.arm] = stats.get("gpu_seconds", 0.0) / stats["successes"] / 3600
+# Where each kind of data step records its device-seconds (relative to its first output's folder).
+_COST_FILES = {"captions": "captions_stats.json", "generate": "generate_stats.json", "index": "index_stats.json",
+               "retrieve": "retrieve_stats.json", "score": "score_stats.json",
+               "decontaminate": "decontaminate_stats.json"}
+
+
+def _gpu_hours(step: Step) -> float:
+    path = step.outputs[0].parent / _COST_FILES[step.kind]
+    if not path.is_file():
+        return 0.0
+    return float(json.loads(path.read_text()).get("gpu_seconds") or 0.0) / 3600
+
+
+def data_costs(study: StudyConfig, steps: list[Step]) -> dict[str, dict[str, float]]:
+    """GPU-hours per curated image of each arm, by kind of work (for the cost table and compute plot).
+
+    Everything that made an arm's pool counts: captions and generation; embedding and index
+    building (shared: charged to this task in the proportion ``index.share_classes`` gives,
+    then split between the arms that query it), kNN queries; and, for every arm, CLIP scoring
+    and decontamination. The sum is divided by the curated pool (the images that survive
+    curation), so a subset of N images costs N times that.
+    """
+    from synthimg.tasks import get_task
+
+    by_id = {s.id: s for s in steps}
+    classes = get_task(study.task).num_classes
+    users: dict[str, list[str]] = {}
+    for s in steps:
+        for d in s.deps:
+            if by_id.get(d) is not None and by_id[d].kind == "index" and s.arm and s.arm not in users.get(d, []):
+                users.setdefault(d, []).append(s.arm)
+    costs: dict[str, dict[str, float]] = {}
+    for arm in (a for a, spec in study.arms.items() if spec.source != "mixed"):
+        parts: dict[str, float] = {}
+        for s in steps:
+            if s.kind in _COST_FILES and s.kind != "index" and s.arm == arm:
+                parts[s.kind] = parts.get(s.kind, 0.0) + _gpu_hours(s)
+        for index_id, arms in users.items():
+            if arm in arms:
+                spec = study.arms[arm].index
+                share = classes / spec.share_classes if spec is not None and spec.share_classes else 1.0
+                parts["index"] = parts.get("index", 0.0) + _gpu_hours(by_id[index_id]) * min(1.0, share) / len(arms)
+        subsets = next((s for s in steps if s.kind == "subsample" and s.arm == arm), None)
+        meta = subsets.outputs[-1] if subsets is not None else None
+        pool = json.loads(meta.read_text()).get("pool", 0) if meta is not None and meta.is_file() else 0
+        if pool:
+            costs[arm] = {k: v / pool for k, v in parts.items()}
+    for arm, spec in study.arms.items():
+        if spec.source == "mixed":
+            kinds = {k for part in spec.mix for k in costs.get(part, {})}
+            costs[arm] = {k: sum(f * costs.get(part, {}).get(k, 0.0) for part, f in spec.mix.items()) for k in kinds}
     return costs
 
 
@@ -109,7 +151,7 @@ def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print,
 
         analyses = [s.outputs[0].parent for s in steps if s.kind == "analyze" and is_done(root, s)]
         extra = decontamination_notes(steps) + (notes(root, steps) if notes else [])
-        info = build_report([results], root / "report", data_costs=data_costs(root, steps), analyses=analyses,
+        info = build_report([results], root / "report", data_costs=data_costs(study, steps), analyses=analyses,
                             notes=extra)
         stats["report"] = info["html"]
         stats["notes"] = info["notes"]

@@ -29,6 +29,9 @@ class IndexSpec(StageConfig):
 
     shards: str | None = Field(None, description="image collection to embed (shard folder)")
     captions: str | None = Field(None, description="caption metadata parquet (url, caption) for a caption index")
+    share_classes: int | None = Field(None, gt=0, description=(
+        "classes (over every task) that this index serves; the report charges this task its share of the build. "
+        "None: this task bears all of it"))
 
 
 class ArmSpec(StageConfig):

@@ -112,6 +112,7 @@ def hash_seed(*parts: int) -> int:
 def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Write ``OUT/captions.parquet`` and ``OUT/captions_stats.json``; resumable by class chunk."""
     from synthimg.progress import progress_bar
+    from synthimg.runtime import carried_gpu_seconds
 
     out = Path(out)
     parts_dir = out / "_parts"
@@ -153,6 +154,7 @@ def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress
         "short_classes": {task.classnames[c]: int(n) for c, n in per_class.items() if n < cfg.per_class},
         "duplicates_dropped": totals["duplicates"], "rejected": totals["rejected"], "generated": totals["generated"],
         "duration": round(duration, 3), "captions_per_sec": round(len(table) / duration, 2) if duration else None,
+        "gpu_seconds": carried_gpu_seconds(out / "captions_stats.json", duration if cfg.method == "llm" and totals["generated"] else 0.0),
         "chars_per_sec": round(totals["chars"] / duration, 1) if duration else None, "llm": getattr(llm, "id", None),
         "tokens": getattr(llm, "tokens", None),
         "tokens_per_sec": round(llm.tokens / duration, 1) if llm is not None and duration else None,

@@ -223,6 +223,7 @@ def generate(
     from synthimg.progress import progress_bar
     from synthimg.runtime import (
         barrier,
+        carried_gpu_seconds,
         default_device,
         gather_to_rank0,
         init_distributed,
@@ -280,7 +281,7 @@ def generate(
         "shards_skipped": sum(p["skipped"] for p in parts),
         "duration": round(wall, 3), "images_per_sec": round(done / wall, 3) if wall > 0 and done else None,
         "gpu": {"type": gpus[0] if gpus else "cpu", "count": len(gpus)}, "world_size": world,
-        "gpu_seconds": round(sum(p["elapsed"] for p in parts), 3),
+        "gpu_seconds": carried_gpu_seconds(out / "generate_stats.json", sum(p["elapsed"] for p in parts if p["rendered"])),
         "model_id": cfg.model_id, "scheduler": cfg.scheduler, "steps": cfg.steps, "cfg": cfg.cfg,
     }
     (out / "generate_stats.json").write_text(json.dumps(stats, indent=1))
