@@ -99,12 +99,14 @@ class RetrieveConfig(StageConfig):
     indice_name: str = "laion5B-L-14"
     index: str | None = Field(None, description="local index folder (synthimg index build or clip-retrieval)")
     metadata: str | None = Field(None, description="parquet file(s) or glob with url and caption columns")
-    modality: Literal["image", "text"] = "image"
+    indexes: list[Literal["image", "text"]] = Field(default_factory=lambda: ["image", "text"], min_length=1,
+                                                    description=(
+        "which kNN indexes each query searches: the image index, the caption index, or both (the paper: both, "
+        "the union of each index's top-k; a service is asked once per modality)"))
     deduplicate: bool = True
     use_safety_model: bool = True
     use_violence_detector: bool = True
     aesthetic_weight: float = 0.0
-    use_caption_index: bool = Field(True, description="also search the local caption index and merge")
     timeout: float = Field(60.0, gt=0)
 
 

@@ -147,9 +147,13 @@ def test_index_build_local_retrieve_and_quota_download(tmp_path):
                          "json": {"source": "upstream", "class_id": i % 10, "class_name": CLASSNAMES[i % 10],
                                   "url": f"{server.url}/img/{i}.jpg"}})
         finalize(tmp_path / "collection", CLASSNAMES)
+        # a caption index over other pages of the same site (LAION's caption index covers the same rows)
+        pd.DataFrame({"url": [f"{server.url}/img/{i}.jpg" for i in range(60, 120)],
+                      "caption": [f"a photo of a {CLASSNAMES[i % 10]}" for i in range(60, 120)]}).to_parquet(
+            tmp_path / "captions.parquet")
         for argv in (
-            ["index", "build", "--shards", str(tmp_path / "collection"), "--out", str(tmp_path / "index"),
-             "--model", "synthimg-tiny-vit", "--pretrained", "none"],
+            ["index", "build", "--shards", str(tmp_path / "collection"), "--captions", str(tmp_path / "captions.parquet"),
+             "--out", str(tmp_path / "index"), "--model", "synthimg-tiny-vit", "--pretrained", "none"],
             ["retrieve", "--task", "cifar10", "--backend", "local", "--index", str(tmp_path / "index"),
              "--per-class", "20", "--k", "20", "--out", str(tmp_path / "cands")],
             ["download", "--candidates", str(tmp_path / "cands" / "candidates.parquet"), "--per-class", "3",
@@ -160,6 +164,8 @@ def test_index_build_local_retrieve_and_quota_download(tmp_path):
             assert info.value.code == 0, argv
     finally:
         server.close()
+    cands = pd.read_parquet(tmp_path / "cands" / "candidates.parquet")
+    assert cands.groupby("class_id")["index"].agg(set).map(lambda s: s == {"image", "text"}).all()
     stats = json.loads((tmp_path / "dl" / "download_stats.json").read_text())
     assert all(n == 3 for n in stats["per_class"].values()) and not stats["shortfall"]
     manifest = read_manifest(tmp_path / "dl", successes_only=False)
@@ -235,3 +241,82 @@ def test_substring_backend_end_to_end(tmp_path):
 def test_retrieval_templates_are_the_papers():
     assert [len(get_task(t).retrieval_queries(0)) for t in ("imagenet", "fgvc_aircraft", "stanford_cars", "dtd",
                                                             "flowers102")] == [80, 2, 8, 8, 1]
+
+
+def _two_index_folder(folder, n=40, dim=16):
+    """Image and caption indexes over different urls with the same row numbers; captions match far better."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    query = np.zeros(dim, np.float32)
+    query[0] = 1.0
+    for kind, sim in (("image", 0.3), ("text", 0.85)):
+        noise = rng.normal(size=(n, dim)).astype(np.float32)
+        noise[:, 0] = 0
+        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+        spread = sim - 0.01 * np.arange(n, dtype=np.float32)[:, None]  # row i: cosine sim - i/100
+        vecs = spread * query + np.sqrt(1 - spread**2) * noise
+        index = faiss.IndexFlatIP(dim)
+        index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+        faiss.write_index(index, str(folder / f"{kind}.index"))
+        meta = folder / ("metadata" if kind == "image" else "metadata_text")
+        meta.mkdir(parents=True)
+        pd.DataFrame({"url": [f"http://x.invalid/{kind}/{i}.jpg" for i in range(n)],
+                      "caption": [f"{kind} {i}" for i in range(n)]}).to_parquet(meta / "0000.parquet")
+    (folder / "info.json").write_text(json.dumps({"model": "synthimg-tiny-vit", "pretrained": None}))
+    return query
+
+
+def test_knn_takes_the_union_of_each_indexs_top_k(tmp_path, monkeypatch):
+    from synthimg.retrieval.index import LocalIndex
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    query = _two_index_folder(folder)
+    monkeypatch.setattr(LocalIndex, "embed_text", lambda self, texts: np.stack([query] * len(texts)))
+    k = 5
+    table, stats = retrieve(get_task("cifar10"), RetrieveConfig(backend="local", index=str(folder), per_class=2 * k,
+                                                                k_per_query=k), tmp_path / "out")
+    assert {"index", "rank"} <= set(table.columns)
+    for _, g in table.groupby("class_id"):
+        # both indexes contribute their full top-k, although every caption cosine beats every image cosine
+        assert sorted(g.loc[g["index"] == "image", "url"]) == sorted(f"http://x.invalid/image/{i}.jpg" for i in range(k))
+        assert sorted(g.loc[g["index"] == "text", "url"]) == sorted(f"http://x.invalid/text/{i}.jpg" for i in range(k))
+        # row i of the image index and row i of the caption index are different hits: no url lost
+        assert len(g) == 2 * k and g["upstream_id"].str.match(r"^(image|text):\d+$").all()
+        # best first is by rank, the indexes interleaved: never caption-first by cosine
+        assert list(g["index"]) == ["image", "text"] * k and list(g["rank"]) == [r for r in range(k) for _ in (0, 1)]
+    assert stats["by_index"] == {"image": 10 * k, "text": 10 * k}
+
+
+class TwoModalityKnn(BaseHTTPRequestHandler):
+    """A clip-retrieval back end with two indexes; its ids are row numbers, so they collide across modalities."""
+
+    asked: list = []
+
+    def do_GET(self):
+        _json(self, ["laion5B-L-14"])
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        TwoModalityKnn.asked.append(body["modality"])
+        sim = 0.9 if body["modality"] == "text" else 0.3
+        _json(self, [{"id": i, "url": f"http://x.invalid/{body['modality']}/{i}.jpg", "caption": "c",
+                      "similarity": sim - i / 1000} for i in range(body["num_images"])])
+
+    def log_message(self, *a):
+        pass
+
+
+def test_knn_service_is_asked_once_per_modality(tmp_path):
+    server = _Server(TwoModalityKnn)
+    TwoModalityKnn.asked = []
+    try:
+        cfg = RetrieveConfig(backend="knn", url=server.url, per_class=8, k_per_query=4)
+        table, _ = retrieve(get_task("flowers102"), cfg, tmp_path)  # Flowers: 1 query per class
+    finally:
+        server.close()
+    assert TwoModalityKnn.asked.count("image") == TwoModalityKnn.asked.count("text") == 102
+    counts = table.groupby(["class_id", "index"]).size()
+    assert counts.eq(4).all() and len(counts) == 2 * 102
+    assert table.groupby("class_id")["url"].nunique().eq(8).all()

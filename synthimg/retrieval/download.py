@@ -78,7 +78,7 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
         raise SynthimgError(f"{path} lacks columns: {', '.join(sorted(missing))}")
     if cands.empty:
         raise SynthimgError(f"{path} holds no candidates")
-    for col in ("caption", "query", "similarity", "backend", "upstream_id", "class_name"):
+    for col in ("caption", "query", "similarity", "backend", "upstream_id", "class_name", "index", "rank"):
         if col not in cands:
             cands[col] = None
     cands = cands.reset_index(drop=True)
@@ -149,6 +149,8 @@ def _write_shards(cands: pd.DataFrame, tried: pd.DataFrame, ok: dict[int, list[i
                 "url": row.url, "caption": row.caption, "query": row.query,
                 "similarity": None if pd.isna(row.similarity) else float(row.similarity), "backend": row.backend,
                 "upstream_id": None if row.upstream_id is None else str(row.upstream_id),
+                "knn_index": None if pd.isna(row["index"]) else str(row["index"]),
+                "knn_rank": None if pd.isna(row["rank"]) else int(row["rank"]),
                 "sha256": info.at[cid, "sha256"] if "sha256" in info else None}
         items.append({"__key__": sample_key(n), "jpg": images[cid], "cls": int(row.class_id),
                       "txt": str(row.caption or ""), "json": meta})

@@ -193,21 +193,32 @@ class LocalIndex:
             return F.normalize(self._bundle.model.encode_text(self._bundle.tokenizer(texts)).float(), dim=-1).numpy()
 
     def search(self, vectors: np.ndarray, k: int, kinds: tuple[str, ...] = KINDS) -> list[list[dict[str, Any]]]:
-        """Per query vector, results from the requested indexes merged by best similarity per url."""
-        out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(vectors))]
+        """Per query vector, the top-``k`` of **each** requested index: the union, never merged by cosine.
+
+        Text-to-text cosines (caption index) run far higher than text-to-image ones, so sorting
+        the two together would keep almost only caption hits. Each hit records its ``index``
+        and ``rank`` there; ids are namespaced (``image:17``, ``text:17``) since row 17 of one
+        index is not row 17 of the other. The list interleaves the indexes by rank.
+        """
+        missing = [kind for kind in kinds if kind not in self.indexes]
+        if missing:
+            have = ", ".join(self.indexes)
+            raise SynthimgError(f"{self.folder} has no {' or '.join(missing)} index (it has: {have}); "
+                                f"set retrieve.indexes to what it holds")
+        out: list[list[dict[str, Any]]] = [[] for _ in range(len(vectors))]
         for kind in kinds:
-            if kind not in self.indexes:
-                continue
             sims, ids = self.indexes[kind].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
             meta = self.metadata[kind]
+            has_nsfw = meta is not None and "NSFW" in meta.columns
             for q in range(len(vectors)):
+                rank = 0
                 for s, i in zip(sims[q], ids[q]):
                     if i < 0:
                         continue
                     row = meta.iloc[int(i)] if meta is not None else {}
-                    url = str(row.get("url", f"{kind}:{i}"))
-                    hit = {"id": int(i), "similarity": float(s), "url": url, "caption": str(row.get("caption", "")),
-                           "index": kind, "NSFW": row.get("NSFW") if "NSFW" in getattr(row, "index", []) else None}
-                    if url not in out[q] or out[q][url]["similarity"] < hit["similarity"]:
-                        out[q][url] = hit
-        return [sorted(d.values(), key=lambda h: -h["similarity"])[:k] for d in out]
+                    out[q].append({"id": f"{kind}:{int(i)}", "row": int(i), "similarity": float(s),
+                                   "url": str(row.get("url", f"{kind}:{i}")), "caption": str(row.get("caption", "")),
+                                   "index": kind, "rank": rank, "NSFW": row.get("NSFW") if has_nsfw else None})
+                    rank += 1
+        order = {kind: n for n, kind in enumerate(kinds)}
+        return [sorted(hits, key=lambda h: (h["rank"], order[h["index"]])) for hits in out]

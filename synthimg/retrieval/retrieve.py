@@ -1,11 +1,15 @@
 """Per-class candidates from a backend (``synthimg retrieve``): ``knn`` (HTTP), ``local`` (faiss), ``substring``.
 
 Semantic backends query each class with each of its retrieval templates (the paper: ImageNet
-80, Aircraft 2, Cars 8, DTD 8, Flowers 1), k per query, searching the image index and (local)
-the caption index, then merge. NSFW-tagged rows are dropped when the metadata has such a
-column; candidates are deduplicated by id/url within a class. A service drops duplicates and
-unsafe items after its kNN step, so short classes are asked again with a larger k until the
-target is met or the service has no more.
+80, Aircraft 2, Cars 8, DTD 8, Flowers 1), k per query, in **each** configured index (the
+paper: the image index and the caption index) and take the union of each index's top-k. The
+two indexes' cosines live on different scales (text-text about 0.7-0.9, text-image about
+0.2-0.35), so they are never sorted together: every hit keeps the ``index`` that found it
+and its ``rank`` there, ids are namespaced by index, and "best first" means by rank, the
+indexes interleaved. NSFW-tagged rows are dropped when the metadata has such a column;
+candidates are deduplicated by id, then by url, within a class. A service drops duplicates
+and unsafe items after its kNN step, so short classes are asked again with a larger k until
+the target is met or the service has no more.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from synthimg.registry import Registry
 from synthimg.tasks.spec import TaskSpec
 
 BACKENDS = Registry("retrieval backend")
-COLUMNS = ["class_id", "class_name", "url", "caption", "query", "similarity", "backend", "upstream_id"]
+COLUMNS = ["class_id", "class_name", "url", "caption", "query", "similarity", "index", "rank", "backend", "upstream_id"]
+_INDEX_ORDER = {"image": 0, "text": 1}
 
 
 def _nsfw(value: Any) -> bool:
@@ -39,32 +44,36 @@ class _Collector:
         self.stats = {c: {"queries": 0, "returned": 0, "nsfw_dropped": 0} for c in range(task.num_classes)}
 
     def add(self, c: int, query: str, hits: list[dict[str, Any]]) -> None:
+        """Hits of one query; ``id`` must be unique across indexes (namespaced), ``rank`` is per index."""
         self.stats[c]["queries"] += 1
         self.stats[c]["returned"] += len(hits)
-        for h in hits:
+        for n, h in enumerate(hits):
             if _nsfw(h.get("NSFW")):
                 self.stats[c]["nsfw_dropped"] += 1
                 continue
+            rank = h.get("rank", n)
             key = str(h.get("id") if h.get("id") is not None else h["url"])
-            if key in self.rows[c]:  # dedup by id here, by url in frame()
-                old = self.rows[c][key]
-                if (h.get("similarity") or 0) > (old["similarity"] or 0):
-                    old.update(similarity=h.get("similarity"), query=query)
+            old = self.rows[c].get(key)
+            if old is not None:  # the same hit from another query of the class: keep its best rank
+                if rank < old["rank"]:
+                    old.update(rank=rank, query=query, similarity=h.get("similarity"))
                 continue
             self.rows[c][key] = {"class_id": c, "class_name": self.task.classnames[c], "url": h["url"],
                                  "caption": h.get("caption", ""), "query": query, "similarity": h.get("similarity"),
-                                 "backend": self.backend, "upstream_id": str(h.get("id", h.get("upstream_id", "")))}
+                                 "index": h.get("index"), "rank": rank, "backend": self.backend,
+                                 "upstream_id": str(h.get("id", h.get("upstream_id", "")))}
 
     def count(self, c: int) -> int:
         return len({r["url"] for r in self.rows[c].values()})
 
     def frame(self) -> pd.DataFrame:
+        """Best first by rank (the indexes interleaved, never by comparing their cosines), one row per url."""
         out = []
         for c in range(self.task.num_classes):
             seen: set[str] = set()
-            ranked = sorted(self.rows[c].values(), key=lambda r: -(r["similarity"] or 0))
+            ranked = sorted(self.rows[c].values(), key=lambda r: (r["rank"], _INDEX_ORDER.get(r["index"], 2)))
             for r in ranked:
-                if r["url"] not in seen:  # also dedup by url: one image under two ids
+                if r["url"] not in seen:  # one image under two ids (found by both indexes): keep the better rank
                     seen.add(r["url"])
                     out.append(r)
         return pd.DataFrame(out, columns=COLUMNS)
@@ -95,7 +104,14 @@ def knn_backend(task: TaskSpec, cfg: RetrieveConfig) -> _Collector:
     client = KnnClient(cfg.url, cfg.indice_name, cfg.timeout, deduplicate=cfg.deduplicate,
                        use_safety_model=cfg.use_safety_model, use_violence_detector=cfg.use_violence_detector,
                        aesthetic_weight=cfg.aesthetic_weight)
-    return _semantic(task, cfg, lambda q, k: client.query(text=q, num_images=k, modality=cfg.modality), "knn")
+    def search(query: str, k: int) -> list[dict[str, Any]]:
+        hits = []
+        for modality in cfg.indexes:  # one request per index: the union of each one's top-k
+            for rank, h in enumerate(client.query(text=query, num_images=k, modality=modality)):
+                hits.append({**h, "id": f"{modality}:{h.get('id', h.get('url'))}", "index": modality, "rank": rank})
+        return sorted(hits, key=lambda h: (h["rank"], _INDEX_ORDER[h["index"]]))
+
+    return _semantic(task, cfg, search, "knn")
 
 
 @BACKENDS.register("local")
@@ -105,7 +121,7 @@ def local_backend(task: TaskSpec, cfg: RetrieveConfig) -> _Collector:
     if not cfg.index:
         raise SynthimgError("--backend local needs --index DIR (synthimg index build)")
     index = LocalIndex(cfg.index)
-    kinds = ("image", "text") if cfg.use_caption_index else ("image",)
+    kinds = tuple(cfg.indexes)
     return _semantic(task, cfg, lambda q, k: index.search(index.embed_text([q]), k, kinds)[0], "local")
 
 
@@ -116,9 +132,12 @@ def substring_backend(task: TaskSpec, cfg: RetrieveConfig) -> _Collector:
     if not cfg.metadata:
         raise SynthimgError("--backend substring needs --metadata PARQUET_OR_GLOB")
     col = _Collector(task, "substring")
+    found = [0] * task.num_classes
     for row in scan(task, cfg.metadata):
-        col.add(row["class_id"], row["query"], [{"url": row["url"], "caption": row["caption"], "id": row["upstream_id"],
-                                                  "similarity": None, "NSFW": row["NSFW"]}])
+        c = row["class_id"]
+        col.add(c, row["query"], [{"url": row["url"], "caption": row["caption"], "id": row["upstream_id"],
+                                   "similarity": None, "NSFW": row["NSFW"], "index": None, "rank": found[c]}])
+        found[c] += 1  # rank: the order of the metadata
     return col
 
 
@@ -131,12 +150,13 @@ def retrieve(task: TaskSpec, cfg: RetrieveConfig, out: str | Path) -> tuple[pd.D
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / "candidates.parquet", index=False)
     per_class = table.groupby("class_id").size()
+    by_index = table["index"].value_counts().to_dict() if table["index"].notna().any() else {}
     overlap = int(table.duplicated("url", keep=False).sum())
     stats = {
         "backend": cfg.backend, "count": int(len(table)), "target_per_class": cfg.per_class,
         "queries": sum(s["queries"] for s in col.stats.values()), "returned": sum(s["returned"] for s in col.stats.values()),
         "after_dedup": int(len(table)), "nsfw_dropped": sum(s["nsfw_dropped"] for s in col.stats.values()),
-        "rows_in_several_classes": overlap,
+        "rows_in_several_classes": overlap, "by_index": {str(k): int(v) for k, v in by_index.items()},
         "per_class": {task.classnames[c]: {**col.stats[c], "after_dedup": int(per_class.get(c, 0))}
                       for c in range(task.num_classes)},
         "short_classes": [task.classnames[c] for c in range(task.num_classes) if per_class.get(c, 0) < cfg.per_class],

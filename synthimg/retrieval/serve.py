@@ -48,7 +48,7 @@ def make_server(indexes: dict[str, LocalIndex], host: str = "127.0.0.1", port: i
                 hits = index.search(vec, k, kinds=kinds)[0]
             if body.get("use_safety_model"):
                 hits = [h for h in hits if not h.get("NSFW") or str(h["NSFW"]).upper() not in ("NSFW", "TRUE", "1")]
-            return [{"id": h["id"], "url": h["url"], "caption": h["caption"], "similarity": h["similarity"]} for h in hits]
+            return [{"id": h["row"], "url": h["url"], "caption": h["caption"], "similarity": h["similarity"]} for h in hits]
 
         def _send(self, code: int, data: Any) -> None:
             blob = json.dumps(data).encode()
