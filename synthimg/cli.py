@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+import typer.core
 
 from synthimg import __version__
 from synthimg.errors import SynthimgError
@@ -29,8 +30,22 @@ config_app = typer.Typer(help="Resolve and print configs.", no_args_is_help=True
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(shards_app, name="shards")
 app.add_typer(config_app, name="config")
+class _SubcommandFirst(typer.core.TyperGroup):
+    """A group that is also a command (``captions`` takes dotted overrides): a subcommand name first wins.
+
+    Without this the group's own variadic overrides argument swallows ``backgrounds ...``.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] in self.commands:
+            super().parse_args(ctx, [])
+            ctx._protected_args, ctx.args = args[:1], args[1:]
+            return ctx.args
+        return super().parse_args(ctx, args)
+
+
 captions_app = typer.Typer(help="Class-targeted captions (LLM or templates) with exact per-class quotas.",
-                            invoke_without_command=True)
+                            invoke_without_command=True, cls=_SubcommandFirst)
 app.add_typer(captions_app, name="captions")
 index_app = typer.Typer(help="Local CLIP indexes: embed a collection, build faiss, serve the kNN protocol.",
                          no_args_is_help=True)
@@ -375,9 +390,11 @@ def curate_decontaminate(
 def curate_subsample(
     shards: Path = ShardsOpt,
     out: Path = typer.Option(..., "--out", "-o"),
-    scales: Optional[str] = typer.Option(None, help="comma-separated subset sizes, e.g. 1000,10000"),
+    scales: Optional[str] = typer.Option(None, help="comma-separated subset sizes, e.g. 1000,10000,all"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. 0,1,2"),
     keys: Optional[Path] = KeysOpt,
+    all_from: Optional[list[Path]] = typer.Option(None, "--all-from", help=(
+        "for scale 'all': other arms' curated pools (key lists or shard folders); 'all' is the smallest pool")),
     unstratified: bool = typer.Option(False, "--unstratified", help="the paper's plain random_split"),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = OverridesArg,
@@ -386,10 +403,10 @@ def curate_subsample(
     import json
 
     from synthimg.config import config_hash, save_resolved, to_dict
-    from synthimg.curation.subsample import subsample
+    from synthimg.curation.subsample import pool_size, subsample
     from synthimg.data.manifest import read_keys, read_manifest, write_keys
 
-    cfg = _resolve(config, overrides, "curate", {"scales": _split_list(scales, int), "seeds": _split_list(seeds, int)})
+    cfg = _resolve(config, overrides, "curate", {"scales": _split_list(scales, _scale), "seeds": _split_list(seeds, int)})
     if unstratified:
         cfg.curate.stratified = False
     if not cfg.curate.scales:
@@ -397,20 +414,27 @@ def curate_subsample(
     pool = read_manifest(shards)
     if keys:
         pool = pool[pool["key"].isin(set(read_keys(keys)))]
+    everything = min([len(pool), *(pool_size(p) for p in all_from or [])])
     written = {}
     for seed in cfg.curate.seeds:
-        for scale in sorted(cfg.curate.scales):
-            chosen = subsample(pool, scale, seed, cfg.curate.stratified)
+        for scale in cfg.curate.scales:
+            n = everything if scale == "all" else scale
+            chosen = subsample(pool, n, seed, cfg.curate.stratified)
             path = write_keys(chosen, out / f"subset_n{scale}_s{seed}.parquet")
             counts = pool[pool["key"].isin(set(chosen))].groupby("class_id")["key"].size()
-            written[path.name] = {"scale": scale, "seed": seed, "min_per_class": int(counts.min()),
+            written[path.name] = {"scale": scale, "n": n, "seed": seed, "min_per_class": int(counts.min()),
                                   "max_per_class": int(counts.max()), "classes": int(len(counts))}
     save_resolved(cfg, out)
-    meta = {"pool": len(pool), "stratified": cfg.curate.stratified, "config_hash": config_hash(cfg),
+    meta = {"pool": len(pool), "all": everything, "all_from": [str(p) for p in all_from or []],
+            "stratified": cfg.curate.stratified, "config_hash": config_hash(cfg),
             "keys_from": str(keys) if keys else None, "shards": str(shards), "subsets": written,
             "curate": to_dict(cfg.curate)}
     (out / "subsets.json").write_text(json.dumps(meta, indent=1))
     typer.echo(f"wrote {len(written)} subsets from a pool of {len(pool)} -> {out}")
+
+
+def _scale(text: str) -> int | str:
+    return "all" if text.strip() == "all" else int(text)
 
 
 @app.command("train")
@@ -534,18 +558,22 @@ def captions_backgrounds(
     task: Optional[str] = typer.Option(None, "--task", "-t"),
     llm: Optional[str] = typer.Option(None, "--llm"),
     llm_url: Optional[str] = typer.Option(None, "--llm-url"),
-    per_class: int = typer.Option(20, "--per-class", help="places per class"),
-    out: Path = typer.Option(..., "--out", "-o", help="JSON file (a cache: known classes are not asked again)"),
+    llm_backend: Optional[str] = typer.Option(None, "--llm-backend", help="transformers, vllm or openai"),
+    scope: Optional[str] = typer.Option(None, "--scope", help="class (ImageNet, the paper) or domain (the task's default)"),
+    count: Optional[int] = typer.Option(None, "--count", help="places per class or domain (the task's: 80-100)"),
+    out: Path = typer.Option(..., "--out", "-o", help="JSON file; an interrupted run resumes from OUT.partial.json"),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
-    """Ask an LLM for per-class background places (the paper used GPT-4) and cache them as JSON."""
-    from synthimg.synthetic.captions import make_backgrounds
+    """Ask an LLM for the places of the background prompts (per class or per domain, the paper's counts)."""
+    from synthimg.synthetic.backgrounds import make_backgrounds
     from synthimg.tasks import get_task
 
-    cfg = _resolve(config, overrides, "captions", {"llm": llm, "llm_url": llm_url}, task, "--task is required")
-    data = make_backgrounds(get_task(cfg.task), cfg.captions, out, per_class)
-    typer.echo(f"{len(data)} classes with backgrounds in {out}; use --backgrounds {out}")
+    cfg = _resolve(config, overrides, "captions", {"llm": llm, "llm_url": llm_url, "llm_backend": llm_backend,
+                   "backgrounds_scope": scope, "backgrounds_count": count}, task, "--task is required")
+    stats = make_backgrounds(get_task(cfg.task), cfg.captions, out)
+    typer.echo(f"{stats['places']} places for {stats['subjects']} {stats['scope']} list(s) in {out} "
+               f"({len(stats['short'])} short of {stats['count_per_subject']}); use --backgrounds {out}")
 
 
 @app.command("generate")
@@ -755,11 +783,15 @@ def study_cmd(
 
     study = load_study(study_config, overrides, out)
     if dry_run:
-        steps, rows, cost = plan_rows(study, Path(study.out))
+        from synthimg.study.pools import check_coverage
+
+        steps, rows, cost, coverage = plan_rows(study, Path(study.out))
         if as_json:
-            _print_json({"study": study.name, "task": study.task, "steps": rows, "estimate": cost})
+            _print_json({"study": study.name, "task": study.task, "steps": rows, "estimate": cost,
+                         "coverage": coverage})
         else:
-            _print_plan(study, rows, cost)
+            _print_plan(study, rows, cost, coverage)
+        check_coverage(coverage)
         return
     stats = run_study(study, _invoke)
     typer.echo(f"{stats['cells_done']}/{stats['cells']} cells done; {stats['ran']} steps ran now, "
@@ -772,7 +804,7 @@ def study_cmd(
         raise SynthimgError(f"{len(stats['failed'])} steps failed; rerun the same command to retry them")
 
 
-def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any]) -> None:
+def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any], coverage: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -790,6 +822,16 @@ def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any]) ->
                      ", ".join(f"{lr:g}" for lr in study.lrs), str(len(mine)),
                      str(sum(r["status"] == "todo" for r in mine)))
     console.print(grid)
+    cover = Table("arm", "scale", "expected after curation", "covered", "margin", "pool", title=(
+        "coverage: does each planned pool feed its cells? (losses: link success "
+        f"{study.losses.link_success:.0%}, decontamination {study.losses.decontam_drop:.0%} + pHash "
+        f"{study.losses.phash_drop:.0%}, margin {study.losses.margin:.0%})"))
+    for r in coverage:
+        scale = r["scale"] if r["scale"] == "all" else f"{r['scale']:,}"
+        pool = "-" if r["expected_pool"] is None else f"{r['expected_pool']:,}"
+        margin = "-" if r["margin"] is None else f"{r['margin']:+.1%}"
+        cover.add_row(r["arm"], scale, pool, "yes" if r["covered"] else "[red]NO[/red]", margin, r["from"])
+    console.print(cover)
     t = cost["totals"]
     est = Table("kind", "steps to run", "GPU-hours", title="estimate of what is left")
     for kind, row in cost["per_kind"].items():
@@ -797,6 +839,9 @@ def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any]) ->
     console.print(est)
     console.print(f"images to generate: {t['images_to_generate']:,.0f}; images to download: "
                   f"{t['images_to_download']:,.0f} (~{t['download_hours']:,.1f} h)")
+    if t["llm_new_tokens"]:
+        console.print(f"LLM tokens (captions and backgrounds): {t['llm_prompt_tokens']:,.0f} prompt, "
+                      f"{t['llm_new_tokens']:,.0f} generated at most")
     console.print(f"GPU-hours left: {t['gpu_hours']:,.1f} (whole study {t['gpu_hours_all']:,.1f}); "
                   f"{t['wall_hours_on_gpus']:,.1f} h on {study.estimates.gpus} GPU(s)")
     for kind, rate in cost["rates"].items():

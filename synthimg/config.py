@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -58,7 +58,11 @@ class CaptionsConfig(StageConfig):
     max_chars: int = Field(300, gt=0, description="longer captions are dropped")
     batch_size: int = Field(32, gt=0)
     max_rounds: int = Field(50, gt=0, description="top-up rounds before a class is reported short")
-    backgrounds: str | None = Field(None, description="JSON of backgrounds (per class or a list); None: the task's default")
+    backgrounds: str | None = Field(None, description=(
+        "JSON of backgrounds (per class or a list, from `captions backgrounds`); None: the task's hand-written default"))
+    backgrounds_scope: Literal["class", "domain"] | None = Field(None, description=(
+        "`captions backgrounds`: one list per class or per domain; None: the task's (ImageNet per class)"))
+    backgrounds_count: int | None = Field(None, gt=0, description="places per list; None: the task's (80-100)")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
 
 
@@ -156,7 +160,8 @@ class CurateConfig(StageConfig):
     index_factory: str = Field("Flat", description="faiss index factory string for the evaluation descriptors")
     contact_pairs: int = Field(32, ge=0, description="pairs nearest the threshold drawn on the contact sheet")
     stratified: bool = True
-    scales: list[int] = Field(default_factory=list)
+    scales: list[Annotated[int, Field(gt=0)] | Literal["all"]] = Field(default_factory=list, description=(
+        "subset sizes; 'all': the whole curated pool, cut to the smallest of the --all-from pools"))
     seeds: list[int] = Field(default_factory=lambda: [0])
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0)

@@ -136,6 +136,10 @@ def test_dry_run_on_each_paper_config(config, tmp_path):
     assert len(cells) >= 2 * 3 and all(s["status"] == "todo" for s in cells)
     assert plan["estimate"]["totals"]["images_to_generate"] > 0
     assert plan["estimate"]["totals"]["gpu_hours"] > 0
+    assert plan["estimate"]["totals"]["llm_new_tokens"] > 0  # LLM captioning is priced
+    assert any(s["kind"] == "backgrounds" for s in plan["steps"])  # the paper's LLM-written places, first
+    cover = plan["coverage"]
+    assert cover and all(r["covered"] and r["margin"] >= 0.04 for r in cover if r["scale"] != "all")
     assert not (tmp_path / "s").exists()  # a dry run writes nothing
 
 
@@ -153,7 +157,9 @@ def test_paper_config_numbers():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"arms": {"a": {"source": "synthetic"}}}, "pool_per_class"),
+    ({"arms": {"a": {"source": "synthetic", "pool_per_class": 1}}, "scales": [1000]}, "cannot be met"),
+    ({"arms": {"a": {"source": "retrieved"}}, "scales": [200000],
+      "base": {"curate": {"cap": 100}}}, "above its cap"),
     ({"arms": {"a": {"source": "mixed", "mix": {"b": 0.5, "c": 0.5}}}}, "not a non-mixed arm"),
     ({"base": {"train": {"lrr": 1}}}, "unknown config key 'train.lrr'"),
     ({"bogus": 1}, "unknown config key 'bogus'"),
@@ -175,3 +181,40 @@ def test_slurm_executor_through_submitit(world, tmp_path):
     assert not stats["failed"] and stats["cells_done"] == 1, stats
     assert len(stats["submitted"]) == 3  # score, subsample, one cell
     assert list((tmp_path / "j" / "slurm").iterdir())
+
+
+def test_an_impossible_cell_fails_before_any_step_runs(world, tmp_path):
+    study = load_study(_study(world, tmp_path / "x", scales=[20, 1000]))  # 120 images per arm cannot give 1000
+    recorder = Recorder()
+    with pytest.raises(SynthimgError, match="cell of 1,000 images cannot be met"):
+        run_study(study, recorder, echo=lambda *_: None)
+    assert recorder.calls == [] and not (tmp_path / "x").exists()
+
+
+def test_scale_all_is_everything_that_survives_equal_across_arms(world, tmp_path):
+    arms = {"synthetic": {"source": "shards", "shards": str(world / "armA"), "decontaminate": False},
+            "retrieved": {"source": "shards", "shards": str(world / "armB"), "overrides": {"curate": {"top": 0.4}}}}
+    study = load_study(_study(world, tmp_path / "all", scales=[20, "all"], seeds=[0], analysis=False, baseline=False,
+                              arms=arms))
+    stats = run_study(study, _invoke, echo=lambda *_: None)
+    assert not stats["failed"] and stats["cells_done"] == 4
+    lines = [json.loads(x) for x in (tmp_path / "all" / "results.jsonl").read_text().splitlines()]
+    sizes = {(r["arm"], r["num_train_images"]) for r in lines}
+    big = {n for _, n in sizes if n != 20}
+    assert len(big) == 1  # 'all' is one size for both arms: the smaller curated pool
+    pools = [json.loads(p.read_text())["pool"] for p in (tmp_path / "all" / "arms").glob("*/subsets-*/subsets.json")]
+    assert big == {min(pools)} and sorted(pools) == [50, 80]  # ceil(40%) vs ceil(60%) of 12 per class
+
+
+def test_a_short_downloaded_pool_stops_the_arm_before_gpu_work(tmp_path):
+    from synthimg.study.plan import Step
+    from synthimg.study.pools import PoolCheck
+
+    out = tmp_path / "images"
+    out.mkdir()
+    (out / "download_stats.json").write_text(json.dumps({"per_class": {"a": 100, "b": 3}}))
+    step = Step(id="r.images", kind="download", argv=[], outputs=[out / "download_stats.json"])
+    # after the 30% filter, 30 and 1 images; after decontamination (x 0.93), 27 and 0
+    PoolCheck("r", 27, 2, 0.3, None, 0.93)(step)
+    with pytest.raises(SynthimgError, match="about 27 images after curation, short of the 28-image cell"):
+        PoolCheck("r", 28, 2, 0.3, None, 0.93)(step)

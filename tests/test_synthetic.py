@@ -59,7 +59,9 @@ def test_llm_captions_exact_quota_with_provenance(models, tmp_path):
 
 def test_prompt_mix_and_examples():
     data = load_incontext()
-    assert all(len(v) >= 20 for v in data["examples"].values()) and len(data["relations"]) == 10
+    # the paper's in-context pools: 52 (class), 20 (relation), 50 (background); ours are written for synthimg
+    assert {k: len(v) for k, v in data["examples"].items()} == {"c": 52, "c_relation": 20, "c_background": 50}
+    assert len(data["relations"]) == 10
     builder = PromptBuilder(get_task("stanford_cars"), seed=0)
     kinds = Counter(builder.build(c % 196, a).prompt_type for c in range(196) for a in range(20))
     total = sum(kinds.values())
@@ -216,3 +218,69 @@ def test_bad_generation_input(models, captions, tmp_path, capsys):
             main(["--quiet", "generate", *args, "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert info.value.code == 2 and fragment in err and err.count("\n") == 1
+
+
+class _ListLLM:
+    """A deterministic stand-in LLM: each completion lists a few places named after its seed and subject."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after, self.tokens, self.id = 0, fail_after, 0, "list-llm"
+
+    def complete(self, prompts: list[str], seed: int) -> list[str]:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt
+        return [" " + "\n".join(f"{k + 2}. place {seed % 1000}-{i}-{k}" for k in range(7)) + "\n8. " + "x" * 90
+                for i, _ in enumerate(prompts)]
+
+
+def test_backgrounds_per_domain_and_per_class_with_the_papers_counts(tmp_path):
+    from synthimg.synthetic.backgrounds import make_backgrounds
+
+    cfg = CaptionsConfig(method="llm", llm="unused", batch_size=8)
+    stats = make_backgrounds(get_task("fgvc_aircraft"), cfg, tmp_path / "air.json", llm=_ListLLM(), progress=False)
+    data = json.loads((tmp_path / "air.json").read_text())
+    assert list(data) == ["backgrounds"] and len(data["backgrounds"]) == 80 == len(set(data["backgrounds"]))
+    assert stats["scope"] == "domain" and not stats["short"] and all(len(p) <= 60 for p in data["backgrounds"])
+    stats = make_backgrounds(get_task("imagenet"), cfg.model_copy(update={"backgrounds_count": 10}),
+                             tmp_path / "in.json", llm=_ListLLM(), progress=False)
+    data = json.loads((tmp_path / "in.json").read_text())
+    assert stats["scope"] == "class" and len(data) == 1000 and all(len(v) == 10 for v in data.values())
+    # the captions read it: every background prompt names one of the LLM's places
+    builder = PromptBuilder(get_task("fgvc_aircraft"), seed=0, backgrounds=str(tmp_path / "air.json"))
+    places = set(json.loads((tmp_path / "air.json").read_text())["backgrounds"])
+    backs = [b.background for b in (builder.build(c, a) for c in range(100) for a in range(5)) if b.background]
+    assert backs and set(backs) <= places
+
+
+def test_backgrounds_resume_exactly_after_an_interruption(tmp_path):
+    from synthimg.synthetic.backgrounds import make_backgrounds
+
+    cfg = CaptionsConfig(method="llm", llm="unused", batch_size=16, backgrounds_count=20)
+    task = get_task("flowers102")
+    make_backgrounds(task, cfg.model_copy(update={"backgrounds_scope": "class"}), tmp_path / "whole.json",
+                     llm=_ListLLM(), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        make_backgrounds(task, cfg.model_copy(update={"backgrounds_scope": "class"}), tmp_path / "cut.json",
+                         llm=_ListLLM(fail_after=9), progress=False)
+    assert (tmp_path / "cut.json.partial.json").is_file() and not (tmp_path / "cut.json").exists()
+    llm = _ListLLM()
+    make_backgrounds(task, cfg.model_copy(update={"backgrounds_scope": "class"}), tmp_path / "cut.json", llm=llm,
+                     progress=False)
+    assert (tmp_path / "cut.json").read_text() == (tmp_path / "whole.json").read_text()
+    assert not (tmp_path / "cut.json.partial.json").exists() and llm.calls < 18
+    calls = _ListLLM()
+    make_backgrounds(task, cfg.model_copy(update={"backgrounds_scope": "class"}), tmp_path / "cut.json", llm=calls,
+                     progress=False)
+    assert calls.calls == 0  # a finished file is not asked again
+
+
+def test_backgrounds_cli_with_a_real_tiny_llm(models, tmp_path):
+    from synthimg.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--quiet", "captions", "backgrounds", "--task", "dtd", "--llm", str(models["lm"]), "--count", "5",
+              "--out", str(tmp_path / "bg.json"), "captions.max_rounds=2", "captions.max_new_tokens=20"])
+    assert info.value.code == 0
+    stats = json.loads((tmp_path / "bg_stats.json").read_text())
+    assert stats["scope"] == "domain" and stats["prompts"] >= 1 and stats["tokens"] > 0

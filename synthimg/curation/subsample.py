@@ -14,6 +14,8 @@ one sequence, so it is:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 
@@ -46,3 +48,13 @@ def subsample(pool: pd.DataFrame, scale: int, seed: int, stratified: bool = True
     if scale <= 0:
         raise SynthimgError(f"scale must be positive, got {scale}")
     return draw_order(pool, seed, stratified)[:scale]
+
+
+def pool_size(path: str | os.PathLike[str]) -> int:
+    """Samples in a curated pool: a key list, or a shard folder's manifest (successes)."""
+    from pathlib import Path
+
+    from synthimg.data.manifest import read_keys, read_manifest
+
+    path = Path(path)
+    return len(read_manifest(path)) if path.is_dir() else len(read_keys(path))

@@ -38,10 +38,12 @@ def estimate(steps: list[Step], todo: set[str], est: Estimates, root: Path) -> d
         "generate": recorded.get("generate", (est.generate_images_per_gpu_s, "estimates.generate_images_per_gpu_s")),
         "train": recorded.get("train", (est.train_samples_per_gpu_s, "estimates.train_samples_per_gpu_s")),
         "inference": (est.inference_images_per_gpu_s, "estimates.inference_images_per_gpu_s"),
+        "llm_new_tokens": (est.llm_new_tokens_per_gpu_s, "estimates.llm_new_tokens_per_gpu_s"),
+        "llm_prompt_tokens": (est.llm_prompt_tokens_per_gpu_s, "estimates.llm_prompt_tokens_per_gpu_s"),
     }
     per_kind: dict[str, dict[str, float]] = {}
     totals = {"images_to_generate": 0.0, "images_to_download": 0.0, "gpu_hours": 0.0, "download_hours": 0.0,
-              "gpu_hours_all": 0.0}
+              "gpu_hours_all": 0.0, "llm_prompt_tokens": 0.0, "llm_new_tokens": 0.0}
     for step in steps:
         hours = sum(step.work.get(k, 0.0) / rates[k][0] / 3600 for k in rates)
         totals["gpu_hours_all"] += hours
@@ -53,6 +55,8 @@ def estimate(steps: list[Step], todo: set[str], est: Estimates, root: Path) -> d
         totals["gpu_hours"] += hours
         totals["images_to_generate"] += step.work.get("generate", 0.0)
         totals["images_to_download"] += step.work.get("download", 0.0)
+        totals["llm_prompt_tokens"] += step.work.get("llm_prompt_tokens", 0.0)
+        totals["llm_new_tokens"] += step.work.get("llm_new_tokens", 0.0)
         totals["download_hours"] += step.work.get("download", 0.0) / est.download_images_per_s / 3600
     totals["wall_hours_on_gpus"] = totals["gpu_hours"] / est.gpus
     return {"per_kind": per_kind, "totals": totals,

@@ -17,10 +17,24 @@ from typing import Any
 import yaml
 
 from synthimg.config import Config, config_hash, to_dict
-from synthimg.study.spec import StudyConfig
+from synthimg.study.pools import (
+    PoolCheck,
+    PoolSize,
+    background_work,
+    caption_work,
+    coverage_rows,
+    decontam_keep,
+    shards_pool,
+    size_pool,
+)
+from synthimg.study.spec import ALL, Scale, StudyConfig
 
 # The config keys each kind of step reads; its hash covers exactly these.
 SECTIONS: dict[str, list[str]] = {
+    "backgrounds": ["task", "captions.method", "captions.llm", "captions.llm_url", "captions.llm_backend",
+                    "captions.temperature", "captions.top_p", "captions.max_new_tokens", "captions.seed",
+                    "captions.batch_size", "captions.max_rounds", "captions.dtype", "captions.backgrounds_scope",
+                    "captions.backgrounds_count"],
     "captions": ["task", "captions"],
     "generate": ["generate"],
     "index": ["index"],
@@ -58,6 +72,7 @@ class Step:
     cell: dict[str, Any] = field(default_factory=dict)
     work: dict[str, float] = field(default_factory=dict)  # images/samples for the cost estimate
     cfg: Config | None = field(default=None, repr=False)  # the resolved stage sections it runs with
+    check: Any = field(default=None, repr=False)  # called with the step after it ran; raises when its output falls short
 
 
 def _pick(data: dict[str, Any], dotted: str) -> Any:
@@ -112,12 +127,16 @@ class Planner:
 
     def plan(self) -> list[Step]:
         s = self.study
+        scales = self._subset_scales()
+        self.sizes = {name: self._size(name, scales[name]) for name in scales}
+        self.coverage = coverage_rows(s, self.sizes)
         pools: dict[str, tuple[Step, Step]] = {}  # arm -> (images step, keys step)
         for name, arm in s.arms.items():
             if arm.source != "mixed":
                 pools[name] = self._pool(name)
-        scales = self._subset_scales()
-        subsets = {name: self._subsample(name, *pools[name], scales[name]) for name in pools}
+        everything = [name for name in pools if ALL in scales[name]]
+        subsets = {name: self._subsample(name, *pools[name], scales[name],
+                                         [pools[o][1] for o in everything if o != name]) for name in pools}
         if s.baseline:
             self._baseline()
         for name, arm in s.arms.items():
@@ -131,34 +150,58 @@ class Planner:
                     self._analyze(name, *pools[name], subsets[name])
         return self.steps
 
-    def _subset_scales(self) -> dict[str, set[int]]:
+    def _subset_scales(self) -> dict[str, set[Scale]]:
         """Subset sizes each pool must provide: its own scales plus its share of mixed arms."""
         s = self.study
-        need: dict[str, set[int]] = {n: set(s.arm_scales(n)) for n, a in s.arms.items() if a.source != "mixed"}
+        need: dict[str, set[Scale]] = {n: set(s.arm_scales(n)) for n, a in s.arms.items() if a.source != "mixed"}
         for name, arm in s.arms.items():
             for part, frac in arm.mix.items():
-                need[part] |= {round(scale * frac) for scale in s.arm_scales(name)}
+                need[part] |= {round(scale * frac) for scale in s.arm_scales(name)}  # type: ignore[operator]
         return need
+
+    def _size(self, name: str, scales: set[Scale]) -> PoolSize:
+        """The pool an arm asks for, sized from its largest numeric scale through the expected losses."""
+        s, arm = self.study, self.study.arms[name]
+        cfg = s.stage_config(name)
+        classes = _num_classes(s.task)
+        needed = max((n for n in scales if n != ALL), default=0)  # type: ignore[type-var]
+        if arm.source == "shards":
+            return shards_pool(name, arm, cfg, classes, needed, s.losses)
+        return size_pool(name, arm, cfg, classes, needed, s.losses)
 
     def _pool(self, name: str) -> tuple[Step, Step]:
         """The arm's images and its curated key list."""
         s, arm = self.study, self.study.arms[name]
         cfg = s.stage_config(name)
         n_classes = _num_classes(s.task)
+        size = self.sizes[name]
+        check = PoolCheck(name, size.needed, n_classes, cfg.curate.top if arm.filter else None,
+                          cfg.curate.cap if arm.filter else None, decontam_keep(arm, s.losses),
+                          cfg.generate.images_per_caption if arm.source == "synthetic" else 1)
         if arm.source == "synthetic":
             per_caption = cfg.generate.images_per_caption
-            cfg.captions.per_class = -(-arm.pool_per_class // per_caption)  # type: ignore[operator]
-            caps = self._add("captions", cfg, name, "captions", ["captions", "--out", "{out}"], ["captions.parquet"], [],
-                             gpu=cfg.captions.method == "llm", work={"captions": cfg.captions.per_class * n_classes})
+            cfg.captions.per_class = -(-size.made_per_class // per_caption)
+            deps: list[Step] = []
+            llm = cfg.captions.method == "llm"
+            if llm and cfg.captions.backgrounds is None:  # the paper's LLM-written places, before captioning
+                bg = self._add("backgrounds", cfg, name, "backgrounds",
+                               ["captions", "backgrounds", "--task", s.task, "--out", "{out}/backgrounds.json"],
+                               ["backgrounds.json"], [], gpu=cfg.captions.llm_url is None,
+                               work=background_work(cfg, s.task))
+                cfg.captions.backgrounds = str(bg.outputs[0])
+                deps = [bg]
+            caps = self._add("captions", cfg, name, "captions", ["captions", "--out", "{out}"], ["captions.parquet"],
+                             deps, gpu=llm and cfg.captions.llm_url is None, check=check,
+                             work=caption_work(cfg, s.task, cfg.captions.per_class * n_classes) if llm else {})
             images = self._add("generate", cfg, name, "images",
                                ["generate", "--captions", str(caps.outputs[0]), "--out", "{out}"],
                                ["generate_stats.json"], [caps], distributed=True,
                                work={"generate": cfg.captions.per_class * per_caption * n_classes})
         elif arm.source == "retrieved":
-            if "per_class" not in cfg.retrieve.model_fields_set:  # over-ask: some URLs fail
-                cfg.retrieve.per_class = int(arm.pool_per_class * cfg.download.overrequest)  # type: ignore[operator]
-            cfg.download.per_class = arm.pool_per_class  # type: ignore[assignment]
-            deps: list[Step] = []
+            if "per_class" not in cfg.retrieve.model_fields_set:  # URLs to find: the quota over the link success
+                cfg.retrieve.per_class = size.candidates_per_class  # type: ignore[assignment]
+            cfg.download.per_class = size.made_per_class
+            deps = []
             if arm.index is not None:
                 argv = ["index", "build", "--out", "{out}"]
                 if arm.index.shards:
@@ -174,8 +217,8 @@ class Planner:
                               work={"queries": n_classes})
             images = self._add("download", cfg, name, "images",
                                ["download", "--candidates", str(cands.outputs[0]), "--out", "{out}"],
-                               ["download_stats.json"], [cands], gpu=False,
-                               work={"download": arm.pool_per_class * n_classes})  # type: ignore[operator]
+                               ["download_stats.json"], [cands], gpu=False, check=check,
+                               work={"download": size.made_per_class * n_classes})
         else:  # shards: the user's own images
             images = Step(id=f"{name}.shards", kind="shards", argv=[], outputs=[Path(arm.shards) / "manifest.parquet"],
                           arm=name, hash=config_hash({"shards": str(Path(arm.shards).resolve())}, 10), gpu=False,
@@ -184,7 +227,7 @@ class Planner:
         shards = str(images.outputs[0].parent)
         score = self._add("score", cfg, name, "score", ["curate", "score", "--shards", shards],
                           [], [images], distributed=True, extra={"shards": shards},
-                          work={"inference": arm.pool_per_class * n_classes if arm.pool_per_class else 0})
+                          work={"inference": size.made_per_class * n_classes})
         score.outputs = [images.outputs[0].parent / "_curation" / "score_config.yaml"]
         keys = score
         if arm.filter:
@@ -199,14 +242,22 @@ class Planner:
                              extra={"eval_root": s.eval_root})
         return images, keys
 
-    def _subsample(self, name: str, images: Step, keys: Step, scales: set[int]) -> Step:
+    def _subsample(self, name: str, images: Step, keys: Step, scales: set[Scale], others: list[Step]) -> Step:
+        """Seeded nested subsets; 'all' is the smallest of the curated pools of every arm that asks for 'all'."""
         cfg = images.cfg.model_copy(deep=True)  # type: ignore[union-attr]
-        cfg.curate.scales, cfg.curate.seeds = sorted(scales), list(self.study.seeds)
+        numbers = sorted(n for n in scales if n != ALL)  # type: ignore[type-var]
+        cfg.curate.scales = [*numbers, *([ALL] if ALL in scales else [])]
+        cfg.curate.seeds = list(self.study.seeds)
         argv = ["curate", "subsample", "--shards", str(images.outputs[0].parent), "--out", "{out}"]
         if keys.kind != "score":
             argv += ["--keys", str(keys.outputs[0])]
-        outputs = [f"subset_n{n}_s{seed}.parquet" for seed in self.study.seeds for n in sorted(scales)]
-        return self._add("subsample", cfg, name, "subsets", argv, outputs + ["subsets.json"], [keys], gpu=False)
+        deps = [keys]
+        if ALL in scales:
+            for other in others:
+                argv += ["--all-from", str(other.outputs[0] if other.kind != "score" else other.outputs[0].parent.parent)]
+                deps.append(other)
+        outputs = [f"subset_n{n}_s{seed}.parquet" for seed in self.study.seeds for n in cfg.curate.scales]
+        return self._add("subsample", cfg, name, "subsets", argv, outputs + ["subsets.json"], deps, gpu=False)
 
     def _baseline(self) -> Step:
         s = self.study
@@ -224,10 +275,10 @@ class Planner:
         parts = arm.mix or {name: 1.0}
         data, keys, weights, deps = [], [], [], []
         for part, frac in parts.items():
-            n = scale if not arm.mix else round(scale * frac)
+            n = scale if not arm.mix else round(scale * frac)  # type: ignore[operator]
             data.append(str(pools[part][0].outputs[0].parent))
             keys.append(str(subsets[part].outputs[0].parent / f"subset_n{n}_s{seed}.parquet"))
-            weights.append(float(n))
+            weights.append(float(n) if n != ALL else 1.0)  # weights matter for mixed arms only
             deps.append(subsets[part])
         cfg.train.lr, cfg.train.seed = lr, seed
         cfg.train.arm = cfg.train.arm or name  # results and tables name the study's arms
@@ -241,8 +292,10 @@ class Planner:
         if len(data) > 1:
             argv += ["--train-data-weights", "::".join(str(w) for w in weights)]
         epochs = cfg.train.epochs
+        images = scale if scale != ALL else min(self.sizes[o].expected_post for o in self.sizes
+                                                 if o == name or ALL in self.study.arm_scales(o))
         step = self._add("train", cfg, name, "cell", argv, [], deps, extra=extra, distributed=True,
-                         work={"train": scale * epochs, "inference": s.estimates.eval_images * epochs})
+                         work={"train": images * epochs, "inference": s.estimates.eval_images * epochs})
         step.run_dir = logs / run_name
         step.outputs = [step.run_dir / "results.jsonl", step.run_dir / "train_stats.json"]
         step.cell = cell
@@ -259,7 +312,8 @@ class Planner:
             argv += ["--keys", str(subsets.outputs[0].parent / f"subset_n{n}_s{seed}.parquet")]
         return self._add("analyze", cfg, name, "analysis", argv, ["analysis.json"], [subsets],
                          extra={"eval_root": s.eval_root, "scales": scales, "seed": seed},
-                         work={"inference": sum(scales) + s.estimates.eval_images})
+                         work={"inference": sum(n if n != ALL else self.sizes[name].expected_post for n in scales)
+                               + s.estimates.eval_images})
 
 
 
@@ -286,3 +340,10 @@ def write_configs(steps: list[Step]) -> None:
 def build_plan(study: StudyConfig, root: str | Path) -> list[Step]:
     """All steps of ``study`` in dependency order."""
     return Planner(study, Path(root)).plan()
+
+
+def plan_with_coverage(study: StudyConfig, root: str | Path) -> tuple[list[Step], list[dict[str, Any]]]:
+    """The steps and, per (arm, scale), whether the planned pool covers the cell and with what margin."""
+    planner = Planner(study, Path(root))
+    steps = planner.plan()
+    return steps, planner.coverage

@@ -15,21 +15,23 @@ from typing import Any
 
 from synthimg.errors import SynthimgError
 from synthimg.study.executors import LocalExecutor, Outcome, SlurmExecutor
-from synthimg.study.plan import Step, build_plan, write_configs
+from synthimg.study.plan import Step, plan_with_coverage, write_configs
+from synthimg.study.pools import check_coverage
 from synthimg.study.spec import StudyConfig
 from synthimg.study.steps import Invoke, is_done
 
 
-def plan_rows(study: StudyConfig, root: Path) -> tuple[list[Step], list[dict[str, Any]], dict[str, Any]]:
-    """The steps, one row per step (id, kind, status, work) and the cost estimate of what is left."""
+def plan_rows(study: StudyConfig, root: Path) -> tuple[list[Step], list[dict[str, Any]], dict[str, Any],
+                                                        list[dict[str, Any]]]:
+    """The steps, one row per step (id, kind, status, work), the cost estimate of what is left, and the coverage."""
     from synthimg.study.estimate import estimate
 
-    steps = build_plan(study, root)
+    steps, coverage = plan_with_coverage(study, root)
     done = {s.id for s in steps if is_done(root, s)}
     rows = [{"id": s.id, "kind": s.kind, "status": "done" if s.id in done else "todo", "cell": s.cell,
              "work": s.work} for s in steps]
     todo = {s.id for s in steps if s.id not in done and s.kind != "shards"}
-    return steps, rows, estimate(steps, todo, study.estimates, root)
+    return steps, rows, estimate(steps, todo, study.estimates, root), coverage
 
 
 def _check_inputs(study: StudyConfig, steps: list[Step]) -> None:
@@ -130,7 +132,8 @@ def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print,
     """
     root = Path(study.out)
     start = time.time()
-    steps = build_plan(study, root)
+    steps, coverage = plan_with_coverage(study, root)
+    check_coverage(coverage)  # a cell no planned pool can feed fails now, before any step runs
     _check_inputs(study, steps)
     root.mkdir(parents=True, exist_ok=True)
     write_configs(steps)

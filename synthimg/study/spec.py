@@ -9,7 +9,7 @@ uses. Unknown keys are errors, as everywhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,6 +22,9 @@ from synthimg.config import (
     validate,
 )
 from synthimg.errors import SynthimgError
+
+ALL = "all"
+Scale = Annotated[int, Field(gt=0)] | Literal["all"]
 
 
 class IndexSpec(StageConfig):
@@ -39,19 +42,19 @@ class ArmSpec(StageConfig):
 
     source: Literal["synthetic", "retrieved", "shards", "mixed"]
     pool_per_class: int | None = Field(
-        None, gt=0, description="images made per class before curation (captions/download quota)")
+        None, gt=0, description=(
+            "images made per class before curation (captions x images per caption, or the download quota); "
+            "None: sized from the largest scale through every expected loss (`losses:`)"))
     shards: str | None = Field(None, description="source 'shards': an existing shard folder (your own images)")
     index: IndexSpec | None = Field(None, description="retrieved + local backend: build this index first")
     mix: dict[str, float] = Field(default_factory=dict, description="source 'mixed': arm name -> fraction")
-    scales: list[int] | None = Field(None, description="None: the study's scales")
+    scales: list[Scale] | None = Field(None, description="None: the study's scales; 'all': everything that survives")
     filter: bool = Field(True, description="CLIP-score top fraction per class, then the cap")
     decontaminate: bool | None = Field(None, description="None: on for retrieved and shards arms (the paper)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="stage sections for this arm only")
 
     @model_validator(mode="after")
     def _check(self) -> "ArmSpec":
-        if self.source in ("synthetic", "retrieved") and self.pool_per_class is None:
-            raise ValueError(f"a {self.source} arm needs pool_per_class")
         if self.source == "shards" and not self.shards:
             raise ValueError("a shards arm needs shards: FOLDER")
         if self.source == "mixed" and (len(self.mix) < 2 or abs(sum(self.mix.values()) - 1) > 1e-6):
@@ -61,6 +64,19 @@ class ArmSpec(StageConfig):
     @property
     def decontaminates(self) -> bool:
         return self.decontaminate if self.decontaminate is not None else self.source in ("retrieved", "shards")
+
+
+class LossSpec(StageConfig):
+    """Expected losses between asking for images and training on them; pools are sized through them."""
+
+    # img2dataset measured 95% at LAION's release and about 1 point a month of link rot since
+    # (rom1504/img2dataset#277: 87% on LAION-400M after 8 months); 0.7 is that trend in 2024.
+    link_success: float = Field(0.7, gt=0, le=1, description="fraction of candidate URLs that download")
+    decontam_drop: float = Field(0.06, ge=0, lt=1, description=(
+        "fraction dropped by the descriptor pass; the paper's Table 1 tops out at 5.6% (ImageNet, train)"))
+    phash_drop: float = Field(0.01, ge=0, lt=1, description="fraction dropped by the pHash pass")
+    generate_drop: float = Field(0.0, ge=0, lt=1, description="synthetic images dropped (an explicit safety checker)")
+    margin: float = Field(0.05, ge=0, description="extra asked for on top of the expected losses")
 
 
 class SlurmSpec(StageConfig):
@@ -99,6 +115,9 @@ class Estimates(StageConfig):
     inference_images_per_gpu_s: float = Field(3000.0, gt=0)
     # img2dataset on one node (CPU); assumed.
     download_images_per_s: float = Field(500.0, gt=0)
+    # Llama-2 7B with vLLM's continuous batching on one A100; assumed (the paper gives no figure).
+    llm_new_tokens_per_gpu_s: float = Field(2000.0, gt=0)
+    llm_prompt_tokens_per_gpu_s: float = Field(20000.0, gt=0)
     eval_images: int = Field(10000, ge=0, description="test+val images evaluated per epoch and cell")
     gpus: int = Field(1, gt=0, description="GPUs per step in the estimate (for wall-clock hours)")
 
@@ -111,7 +130,7 @@ class StudyConfig(StageConfig):
     out: str = Field("studies/study", description="study folder (relative paths: to the working directory)")
     eval_root: str | None = Field(None, description="the task's data (torchvision root or CLIP_benchmark folder)")
     arms: dict[str, ArmSpec]
-    scales: list[int] = Field(default_factory=list)
+    scales: list[Scale] = Field(default_factory=list, description="images per cell after curation; 'all' allowed")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     lrs: list[float] = Field(default_factory=lambda: [1e-5])
     baseline: bool = Field(True, description="evaluate the pretrained learner (the zero-shot baseline row)")
@@ -119,6 +138,7 @@ class StudyConfig(StageConfig):
     base: dict[str, Any] = Field(default_factory=dict, description="stage sections shared by every step")
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
     estimates: Estimates = Field(default_factory=Estimates)
+    losses: LossSpec = Field(default_factory=LossSpec)
 
     def check(self) -> "StudyConfig":
         """Cross-field checks; every stage section must validate, so a typo fails before any work."""
@@ -130,13 +150,17 @@ class StudyConfig(StageConfig):
             for part in arm.mix:
                 if part not in self.arms or self.arms[part].source == "mixed":
                     raise SynthimgError(f"mixed arm {name!r} names {part!r}, which is not a non-mixed arm")
+            if arm.source == "mixed" and ALL in self.arm_scales(name):
+                raise SynthimgError(f"mixed arm {name!r}: scale 'all' is for plain arms (give numbers)")
         self.stage_config()
         for name in self.arms:
             self.stage_config(name)
         return self
 
-    def arm_scales(self, arm: str) -> list[int]:
-        return sorted(self.arms[arm].scales or self.scales)
+    def arm_scales(self, arm: str) -> list[Scale]:
+        """The arm's scales, numbers ascending, then 'all'."""
+        scales = self.arms[arm].scales or self.scales
+        return sorted(s for s in scales if s != ALL) + ([ALL] if ALL in scales else [])  # type: ignore[type-var]
 
     def stage_config(self, arm: str | None = None) -> Config:
         """The stage sections for ``arm``'s steps: defaults < base < the arm's overrides; the task set."""

@@ -78,6 +78,8 @@ def execute(root: Path, step: Step, invoke: Invoke | None = None, nproc: int = 1
     missing = [str(o) for o in step.outputs if not o.exists()]
     if missing:
         raise SynthimgError(f"step {step.id} finished without writing {', '.join(missing)}")
+    if step.check is not None:  # e.g. a downloaded pool too small for its cells: stop before the GPU work
+        step.check(step)
     duration = time.time() - start
     path = marker(root, step)
     path.parent.mkdir(parents=True, exist_ok=True)

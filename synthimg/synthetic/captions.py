@@ -24,7 +24,7 @@ import pandas as pd
 
 from synthimg.config import CaptionsConfig
 from synthimg.registry import Registry
-from synthimg.synthetic.prompting import PromptBuilder, clean_caption, concept
+from synthimg.synthetic.prompting import PromptBuilder, clean_caption, concept, hash_seed
 from synthimg.tasks.spec import TaskSpec, article
 
 METHODS = Registry("caption method")
@@ -102,13 +102,6 @@ def llm_captions(
     return [row for c in classes for row in have[c]], counts
 
 
-def hash_seed(*parts: int) -> int:
-    """A 31-bit seed from integers, stable across runs and platforms."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
 def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Write ``OUT/captions.parquet`` and ``OUT/captions_stats.json``; resumable by class chunk."""
     from synthimg.progress import progress_bar
@@ -179,33 +172,3 @@ def _provenance(table: pd.DataFrame, task: TaskSpec, cfg: CaptionsConfig, llm: A
         table["temperature"], table["top_p"], table["max_new_tokens"] = cfg.temperature, cfg.top_p, cfg.max_new_tokens
     first = ["class_id", "class_name", "caption_index", "caption"]
     return table[first + [c for c in table.columns if c not in first]]
-
-
-def make_backgrounds(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, per_class: int = 20) -> dict[str, list[str]]:
-    """Ask the LLM for places where each class is photographed (the paper used GPT-4); cached in ``out``.
-
-    Classes already in ``out`` are not asked again. The file is what ``captions.backgrounds`` reads.
-    """
-    from synthimg.synthetic.llm import create_llm
-
-    out = Path(out)
-    cache: dict[str, list[str]] = json.loads(out.read_text()) if out.is_file() else {}
-    todo = [c for c in range(task.num_classes) if task.classnames[c] not in cache]
-    if todo:
-        llm = create_llm(cfg)
-        for b in range(0, len(todo), cfg.batch_size):
-            batch = todo[b : b + cfg.batch_size]
-            prompts = [f"List {per_class} different places or environments where a photo of a {concept(task, c)} "
-                       f"could be taken, one per line.\n1." for c in batch]
-            for c, text in zip(batch, llm.complete(prompts, hash_seed(cfg.seed, b))):
-                places = []
-                for line in ("1." + text).splitlines():
-                    place = line.split(".", 1)[-1].strip(" -*\t").strip()
-                    if place and len(place) <= 60 and place.lower() not in {p.lower() for p in places}:
-                        places.append(place)
-                cache[task.classnames[c]] = places[:per_class] or ["a plain background"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(out)
-    return cache

@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def image_seed(seed: int, class_id: int, caption_index: int, image_index: int) -> int:
-    from synthimg.synthetic.captions import hash_seed
+    from synthimg.synthetic.prompting import hash_seed
 
     return hash_seed(seed, class_id, caption_index, image_index)
 

@@ -76,11 +76,13 @@ class PromptBuilder:
         data = load_incontext()
         self.examples, self.relations, self.mix = data["examples"], data["relations"], data["mix"]
         self.backgrounds = load_backgrounds(task, backgrounds)
+        default = load_backgrounds(task) if backgrounds else self.backgrounds  # an empty LLM list falls back to it
+        self._fallback = (default if isinstance(default, list) else []) or ["a plain background"]
 
     def _backgrounds_for(self, class_id: int) -> list[str]:
         if isinstance(self.backgrounds, dict):
-            return self.backgrounds.get(class_id) or ["a plain background"]
-        return self.backgrounds
+            return self.backgrounds.get(class_id) or self._fallback
+        return self.backgrounds or self._fallback
 
     def build(self, class_id: int, attempt: int) -> Prompt:
         rng = random.Random(f"{self.seed}/{class_id}/{attempt}")
@@ -102,6 +104,13 @@ def _lhs(kind: str, c: str, relation: str | None, background: str | None) -> str
     if kind == "c_background":
         return f"{c}, {background}"
     return c
+
+
+def hash_seed(*parts: int) -> int:
+    """A 31-bit seed from integers, stable across runs and platforms."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def clean_caption(text: str, max_chars: int) -> str | None:

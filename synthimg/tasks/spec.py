@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,6 +57,20 @@ class EvalSpec(BaseModel):
         return self
 
 
+class BackgroundsSpec(BaseModel):
+    """How the LLM writes the task's backgrounds before captioning (paper Sec. 3.1, App. C).
+
+    The paper asked an LLM once for places per class for ImageNet (about 100 each) and for one
+    list per domain for the fine-grained tasks (Aircraft 80, Cars 100, Flowers 100).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scope: Literal["class", "domain"] = "domain"
+    count: int = Field(100, gt=0)
+    domain: str = Field("", description="the domain noun in the prompt; '' = the category word or display name")
+    source: str = ""
+
+
 class TaskSpec(BaseModel):
     """A target task. Labels are always indices into ``classnames``, never sorted folder names."""
 
@@ -77,6 +91,7 @@ class TaskSpec(BaseModel):
         default_factory=list, description="kNN query templates (the paper: Cars 8, DTD 8, Flowers 1); [] = zero-shot ones")
     substring: dict[str, Any] = Field(default_factory=lambda: {"mode": "any", "patterns": ["{c}"]},
                                       description="caption-matching rules for the substring backend")
+    backgrounds: BackgroundsSpec = Field(default_factory=BackgroundsSpec)
 
     @model_validator(mode="after")
     def _check(self) -> "TaskSpec":
