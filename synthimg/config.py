@@ -233,6 +233,7 @@ class EvalConfig(StageConfig):
     lp_grad_clip: float | None = Field(1.0, gt=0)
     lp_beta1: float = 0.9
     lp_beta2: float = 0.95
+    precision: Precision = Field("fp32", description="fp32 (the official evaluation) or amp_bf16 on GPU")
 
 
 class Config(StageConfig):

@@ -17,17 +17,18 @@ def default_device() -> str:
     return "cpu"
 
 
-def autocast(device: str) -> Any:
-    """bf16 autocast on CUDA, nothing on CPU."""
+def autocast(device: str, enabled: bool = True) -> Any:
+    """bf16 autocast on CUDA (when ``enabled``), nothing on CPU."""
     import torch
 
-    if device.startswith("cuda"):
+    if enabled and device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def init_distributed() -> tuple[int, int]:
     """Join the torchrun / srun process group when launched under one; returns (rank, world)."""
+    import datetime
     import os
 
     import torch
@@ -35,7 +36,11 @@ def init_distributed() -> tuple[int, int]:
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Rank 0 evaluates every epoch (features of whole splits, two probes) while the others wait at a
+        # barrier: NCCL's 10-minute default would time out at ImageNet scale.
+        minutes = int(os.environ.get("SYNTHIMG_DIST_TIMEOUT_MIN", "180"))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(minutes=minutes))
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

@@ -46,7 +46,7 @@ def _table(shards: Path, *overrides: str):
 
 
 def _items(plan) -> list[int]:
-    return [i for micro in plan.micro for i, w in micro if w > 0]
+    return [i for micro in plan for i, w in micro if w > 0]
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -59,16 +59,17 @@ def test_each_sample_once_per_epoch_and_order_is_a_function_of_seed_and_epoch(so
         seen = sorted(i for r in range(world) for i in _items(plan_epoch(table, tcfg, epoch, world, r)))
         assert seen == list(range(len(table)))
     a, b = plan_epoch(table, tcfg, 0, world, 0), plan_epoch(table, tcfg, 0, world, 0)
-    assert a.micro == b.micro  # deterministic
+    assert list(a) == list(b)  # deterministic
     assert _items(plan_epoch(table, tcfg, 1, world, 0)) != _items(a)  # a new permutation each epoch
     reseeded = plan_epoch(table, tcfg.model_copy(update={"seed": 1}), 0, world, 0)
     assert _items(reseeded) != _items(a)
     # the global batches are the same whatever the number of ranks
-    assert [g.tolist() for g in a.global_batches] == [g.tolist() for g in plan_epoch(table, tcfg, 0, 1, 0).global_batches]
+    one = plan_epoch(table, tcfg, 0, 1, 0)
+    assert [a.global_batch(s).tolist() for s in range(a.steps)] == [one.global_batch(s).tolist() for s in range(one.steps)]
 
 
 def test_batch_diversity_matches_iid_and_the_check_can_fail(sorted_shards):
-    from synthimg.train.data import EpochPlan, batch_diversity, expected_distinct, plan_epoch
+    from synthimg.train.data import MicroBatches, batch_diversity, expected_distinct, plan_epoch
 
     tcfg, table = _table(sorted_shards)
     iid = expected_distinct(np.full(CLASSES, PER_CLASS), BATCH)
@@ -77,8 +78,7 @@ def test_batch_diversity_matches_iid_and_the_check_can_fail(sorted_shards):
         d = batch_diversity(table, plan_epoch(table, tcfg, epoch, 1, 0))
         assert d["batch_classes_mean"] >= 0.95 * d["batch_classes_iid"]
     # the shards' own order (what a stream of class-sorted shards gives) fails the same check
-    on_disk = np.arange(len(table))
-    stream = EpochPlan([on_disk[i: i + BATCH] for i in range(0, len(on_disk), BATCH)], [], BATCH)
+    stream = MicroBatches(np.arange(len(table)), BATCH, 1, 0, 1)
     d = batch_diversity(table, stream)
     assert d["batch_classes_mean"] < 0.3 * d["batch_classes_iid"]
 
@@ -138,3 +138,35 @@ def _check(stats: dict) -> None:
     for e in stats["per_epoch"]:
         assert e["batch_classes_mean"] >= 0.95 * e["batch_classes_iid"], e
         assert e["seen_once"] == e["samples"] == CLASSES * PER_CLASS and e["unseen"] == e["seen_more"] == 0, e
+
+
+def test_more_shards_than_open_files_all_read(tmp_path):
+    from synthimg.data.tar_index import TarSamples
+
+    tcfg, table = _table(_small_sorted(tmp_path, per_shard=5))  # 20 shards
+    data = TarSamples(table, max_open=3)
+    order = np.random.default_rng(0).permutation(len(table))
+    assert all(data[(int(i), 1.0)]["label"] == table.label[i] for i in order)
+    assert len(data._files) == 3
+
+
+def test_weights_equal_to_the_sizes_are_the_union(tmp_path):
+    from synthimg.train.data import plan_epoch
+
+    shards = _small_sorted(tmp_path, per_shard=10)
+    # a weight one above the usable size (a sample lost to a truncated tar): still the union, no sample twice
+    tcfg, table = _table(shards, f"train.weights=[{len(NAMES) * 10 + 1}]")
+    for epoch in range(3):
+        items = sorted(_items(plan_epoch(table, tcfg, epoch, 1, 0)))
+        assert items == list(range(len(table)))
+
+
+def _small_sorted(tmp_path: Path, per_shard: int) -> Path:
+    out = tmp_path / "small"
+    with ShardWriter(out, maxcount=per_shard) as w:
+        for c in range(CLASSES):
+            for i in range(10):
+                w.write({"__key__": sample_key(c * 10 + i), "jpg": _jpeg(c, i), "cls": c, "txt": "x",
+                         "json": {"source": "retrieved", "class_id": c, "class_name": NAMES[c]}})
+    finalize(out, NAMES)
+    return out

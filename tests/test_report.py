@@ -1,3 +1,4 @@
+import json
 import re
 
 import pandas as pd
@@ -128,3 +129,56 @@ def test_report_cli(results, tmp_path, capsys):
         main(["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r2")])
     assert info.value.code == 2
     assert (tmp_path / "r" / "differences.csv").read_text().startswith("dataset,eval_mode,num_train_images,retrieved")
+
+
+def test_a_seed_missing_at_the_chosen_lr_is_reported_not_dropped(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    for seed in SEEDS:
+        for lr, acc in ((1e-5, 0.5), (1e-6, 0.3)):
+            if seed == 2 and lr == 1e-5:
+                continue  # this run crashed before its first evaluation
+            _line(path, "retrieved", 100, seed, "val", 1, acc, lr=lr)
+            _line(path, "retrieved", 100, seed, "test", 1, acc, lr=lr)
+    info = build_report([path], tmp_path / "out")
+    assert [(m["seed"], m["lr"]) for m in info["missing"]] == [(2, 1e-5)]
+    assert any("different numbers of seeds" in r.getMessage() for r in caplog.records)
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.iloc[0].acc1_count == 2 and summary.iloc[0].missing == 1
+
+
+def test_study_charges_every_arm_its_data(tmp_path):
+    from synthimg.study.plan import Step
+    from synthimg.study.run import data_costs
+    from synthimg.study.spec import StudyConfig
+
+    def step(sid, kind, arm, folder, stats, deps=(), name=None):
+        d = tmp_path / folder
+        d.mkdir(parents=True, exist_ok=True)
+        (d / (name or f"{kind}_stats.json")).write_text(json.dumps(stats))
+        return Step(id=sid, kind=kind, argv=[], outputs=[d / "out"], deps=list(deps), arm=arm)
+
+    steps = [
+        step("idx", "index", None, "idx", {"gpu_seconds": 7200.0}),
+        step("k.ret", "retrieve", "knn", "k1", {"gpu_seconds": 360.0}, ["idx"]),
+        step("s.ret", "retrieve", "sub", "s1", {"gpu_seconds": 0.0}),
+        step("k.score", "score", "knn", "k2", {"gpu_seconds": 360.0}),
+        step("k.dec", "decontaminate", "knn", "k3", {"gpu_seconds": 36.0}),
+        step("y.cap", "captions", "syn", "y1", {"gpu_seconds": 720.0}),
+        step("y.gen", "generate", "syn", "y2", {"gpu_seconds": 36000.0}),
+        step("k.sub", "subsample", "knn", "k4", {"pool": 1000}, name="subsets.json"),
+        step("y.sub", "subsample", "syn", "y4", {"pool": 1000}, name="subsets.json"),
+        step("s.sub", "subsample", "sub", "s4", {"pool": 500}, name="subsets.json"),
+    ]
+    for s in steps:
+        if s.kind == "subsample":
+            s.outputs = [s.outputs[0].parent / "subsets.json"]
+    study = StudyConfig.model_validate({"task": "cifar10", "arms": {
+        "knn": {"source": "retrieved", "index": {"shards": "x", "share_classes": 20}},
+        "sub": {"source": "retrieved"}, "syn": {"source": "synthetic"},
+        "mix": {"source": "mixed", "mix": {"knn": 0.5, "syn": 0.5}}}, "scales": [10]})
+    costs = data_costs(study, steps)
+    assert costs["knn"] == pytest.approx({"index": 1.0 / 1000, "retrieve": 0.1 / 1000, "score": 0.1 / 1000,
+                                          "decontaminate": 0.01 / 1000})  # 10 of the index's 20 classes
+    assert costs["syn"] == pytest.approx({"captions": 0.2 / 1000, "generate": 10.0 / 1000})
+    assert costs["sub"] == pytest.approx({"retrieve": 0.0})
+    assert costs["mix"]["generate"] == pytest.approx(0.5 * 10.0 / 1000)

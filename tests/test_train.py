@@ -233,3 +233,31 @@ def test_mixing_two_arms_and_a_missing_eval_root(toy, tmp_path):
     assert infer_arm(resolve_sources(cfg.train)) == "mixed"
     with pytest.raises(SynthimgError, match="does not exist"):
         RunEvaluator(get_task("cifar10"), tmp_path / "nowhere", cfg.eval)
+
+
+def test_lp_only_writes_both_probes_every_epoch(toy, tmp_path):
+    from synthimg.evaluation.run import RunEvaluator
+    from synthimg.tasks import get_task
+    from synthimg.train.engine import train
+
+    cfg = _cfg(toy, tmp_path, "lp_only", f"train.eval_root={toy / 'eval'}", "eval.modes=[lp]", "train.epochs=2")
+    run = train(cfg, RunEvaluator(get_task("cifar10"), toy / "eval", cfg.eval))
+    records = read_results(run / "results.jsonl")
+    assert {(r.eval_mode, r.split, r.epoch, r.lp_trained_on) for r in records} == {
+        ("lp", "val", e, "train") for e in (1, 2)} | {("lp", "test", e, "train+val") for e in (1, 2)}
+
+
+def test_paper_configs_resolve_to_the_papers_optimiser(capsys):
+    from pathlib import Path
+
+    import yaml
+
+    from synthimg.cli import main
+
+    for config in sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("unmet_promise_*.yaml")):
+        with pytest.raises(SystemExit) as info:
+            main(["config", "show", "-c", str(config)])
+        assert info.value.code == 0
+        train = yaml.safe_load(capsys.readouterr().out)["train"]
+        assert (train["eps"], train["wd"], train["wd_exclude_norms"], train["precision"]) == (1e-8, 0.1, False, "fp32")
+        assert (train["beta1"], train["beta2"], train["grad_clip"], train["warmup"]) == (0.9, 0.95, 1.0, 500)

@@ -232,7 +232,7 @@ def decontaminate(
         "phash": cfg.phash, "phash_threshold": cfg.phash_threshold,
         "dropped_by": dropped["descriptor"].value_counts().to_dict(),
         "skipped": scores.attrs.get("skipped", {}), "duration": round(time.time() - start, 3),
-        "gpu_seconds": round(time.time() - start, 3) if descriptor is not None else 0.0,
+        "gpu_seconds": round(time.time() - start, 3) if descriptor is not None else 0.0,  # a rerun redoes it all
         "candidates_per_sec": round(len(scores) / search_s, 1) if search_s > 0 else None,
         "per_class": per_class,
     }

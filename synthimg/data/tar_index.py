@@ -18,9 +18,11 @@ import io
 import logging
 import os
 import tarfile
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -124,57 +126,95 @@ def load_tar_index(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str
     return frame, dropped
 
 
-class TarSamples:
-    """A map-style dataset over indexed tar members: item ``(i, weight)`` -> record dict, or None if unreadable.
+class SkipStatsLike(Protocol):
+    def add(self, reason: str) -> None: ...
 
-    Open files are cached per process (and reopened after a fork), so DataLoader workers
-    each keep their own handles. A sample that fails to decode is counted in ``stats``
-    (``corrupt_image``) and comes back as None; :func:`collate_weighted` leaves it out.
-    """
 
-    def __init__(self, paths: list[str], shard: np.ndarray, offset: np.ndarray, size: np.ndarray, label: np.ndarray,
-                 transform: Callable[[Any], Any] | None = None, stats: Any = None):
-        self.paths, self.shard, self.offset, self.size, self.label = paths, shard, offset, size, label
-        self.transform, self.stats = transform, stats
-        self._files: dict[int, Any] = {}
-        self._pid = os.getpid()
+@dataclass
+class SampleTable:
+    """Samples located in their tars: arrays indexed by sample number (30 bytes per sample)."""
+
+    paths: list[str]
+    shard: np.ndarray
+    offset: np.ndarray
+    size: np.ndarray
+    label: np.ndarray
+    source: np.ndarray
+    weights: list[float] | None = None  # mixing weights per source; None: the union, in proportion to the sizes
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.label)
 
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.label, minlength=int(self.label.max()) + 1 if len(self.label) else 0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.shard, self.offset, self.size, self.label, self.source))
+
+
+class TarSamples:
+    """A map-style dataset over a :class:`SampleTable`: item ``(i, weight)`` -> record dict, or None if undecodable.
+
+    Each process (DataLoader workers included) keeps at most ``max_open`` files open, least
+    recently used closed first: a pool has more shards than the usual open-file limit. A
+    sample whose bytes do not decode is counted in ``stats`` (``corrupt_image``) and comes
+    back as None; :func:`collate_weighted` leaves it out. Failing to open or read a shard is
+    not a corrupt sample: it raises.
+    """
+
+    def __init__(self, table: SampleTable, transform: Callable[[Any], Any] | None = None,
+                 stats: SkipStatsLike | None = None, max_open: int = 64):
+        self.table, self.transform, self.stats, self.max_open = table, transform, stats, max_open
+        self._files: OrderedDict[int, Any] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.table)
+
     def _file(self, shard: int) -> Any:
-        if self._pid != os.getpid():
-            self._files, self._pid = {}, os.getpid()
+        if self._pid != os.getpid():  # a forked worker must not share its parent's file positions
+            self._files, self._pid = OrderedDict(), os.getpid()
         handle = self._files.get(shard)
-        if handle is None:
-            handle = self._files[shard] = open(self.paths[shard], "rb")  # noqa: SIM115 (kept open on purpose)
+        if handle is not None:
+            self._files.move_to_end(shard)
+            return handle
+        if len(self._files) >= self.max_open:
+            self._files.popitem(last=False)[1].close()
+        handle = self._files[shard] = open(self.table.paths[shard], "rb")  # noqa: SIM115 (an LRU of handles)
         return handle
 
     def read(self, i: int) -> bytes:
-        handle = self._file(int(self.shard[i]))
-        handle.seek(int(self.offset[i]))
-        return handle.read(int(self.size[i]))
+        t = self.table
+        handle = self._file(int(t.shard[i]))
+        handle.seek(int(t.offset[i]))
+        data = handle.read(int(t.size[i]))
+        if len(data) != int(t.size[i]):
+            raise OSError(f"{t.paths[int(t.shard[i])]} changed since it was indexed: sample {i} is cut short")
+        return data
 
     def __getitem__(self, item: tuple[int, float]) -> dict[str, Any] | None:
         from PIL import Image
 
         i, weight = item
+        data = self.read(i)
         try:
-            with Image.open(io.BytesIO(self.read(i))) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()  # decode now: a corrupt or truncated JPEG fails here
                 image = img.convert("RGB")
-        except Exception as err:  # noqa: BLE001 - any decoder error is a counted skip
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's decoder errors (UnidentifiedImageError is an OSError)
             if self.stats is not None:
                 self.stats.add("corrupt_image")
-            log.warning("skipped (corrupt_image): sample %d of %s: %s", i, self.paths[int(self.shard[i])],
+            log.warning("skipped (corrupt_image): sample %d of %s: %s", i, self.table.paths[int(self.table.shard[i])],
                         str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
             return None
-        return {"image": self.transform(image) if self.transform else image, "label": int(self.label[i]),
+        return {"image": self.transform(image) if self.transform else image, "label": int(self.table.label[i]),
                 "index": i, "weight": float(weight)}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_files"] = {}
+        state["_files"] = OrderedDict()
         return state
 
 

@@ -1,7 +1,8 @@
 """Linear probe: a fresh, normalised linear head on frozen image features (paper Sec. 4.1, App. D).
 
 As the official ``adapt/src/models/linear_probe.py``: features are L2-normalised, the head is
-a ``torch.nn.Linear`` with its default initialisation, trained with AdamW (0.9, 0.95), the
+a ``torch.nn.Linear`` with its default weight initialisation and a zero bias (the official
+``ClassificationHead``), trained with AdamW (0.9, 0.95), the
 paper's warmup + cosine schedule per step, gradient clip 1.0 and a fresh shuffle every epoch,
 and the final head is evaluated (no choice of probe epoch). Defaults: lr 1e-2, batch 256,
 200 epochs, 200 warmup steps, wd 0.1 (ImageNet: 1e-3, 40, 0).
@@ -24,9 +25,10 @@ from synthimg.evaluation.metrics import classification_metrics
 
 
 def extract_features(
-    encode: Any, dataset: Any, batch_size: int, workers: int, device: str, cache: Path | None = None
+    encode: Any, dataset: Any, batch_size: int, workers: int, device: str, cache: Path | None = None,
+    precision: str = "fp32",
 ) -> tuple[Any, Any]:
-    """L2-normalised features and labels of a split, from ``cache`` when it exists."""
+    """L2-normalised features and labels of a split, from ``cache`` when it exists (fp32 unless ``amp_bf16``)."""
     import torch
     import torch.nn.functional as F
 
@@ -38,7 +40,7 @@ def extract_features(
     feats, labels = [], []
     with torch.no_grad():
         for images, y in eval_batches(dataset, batch_size, workers):
-            with autocast(device):
+            with autocast(device, enabled=precision.startswith("amp")):
                 feats.append(F.normalize(encode(images.to(device)).float(), dim=-1).cpu())
             labels.append(y)
     features, labels_t = torch.cat(feats), torch.cat(labels)
@@ -82,8 +84,10 @@ def train_probe(train: tuple[Any, Any], num_classes: int, settings: ProbeSetting
 
     x, y = train[0].to(device), train[1].to(device)
     x = F.normalize(x.float(), dim=-1)  # the official ClassificationHead(normalize=True)
-    torch.manual_seed(seed)  # nn.Linear's default initialisation, seeded
-    head = torch.nn.Linear(x.shape[1], num_classes).to(device)
+    torch.manual_seed(seed)  # the official ClassificationHead: nn.Linear's default weights, a zero bias
+    head = torch.nn.Linear(x.shape[1], num_classes)
+    torch.nn.init.zeros_(head.bias)
+    head = head.to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.wd, betas=settings.betas)
     steps_per_epoch = max(1, -(-len(x) // settings.batch_size))
     sched = paper_scheduler(opt, settings.warmup, settings.epochs * steps_per_epoch)

@@ -68,11 +68,18 @@ def git_sha() -> str:
 
 def append_result(path: str | os.PathLike[str], record: ResultRecord) -> None:
     """Append one line atomically enough for a crash: write, flush, fsync."""
+    append_results(path, [record])
+
+
+def append_results(path: str | os.PathLike[str], records: list[ResultRecord]) -> None:
+    """Append several lines with one write, flushed and fsynced: they land together or not at all."""
+    if not records:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record.model_dump(mode="json")) + "\n"
+    blob = "".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in records)
     with open(path, "a") as f:
-        f.write(line)
+        f.write(blob)
         f.flush()
         os.fsync(f.fileno())
 

@@ -19,7 +19,7 @@ from synthimg.evaluation.linear_probe import (
     feature_cache_key,
     probe_pair,
 )
-from synthimg.evaluation.results import ResultRecord, append_result
+from synthimg.evaluation.results import ResultRecord, append_results
 from synthimg.evaluation.zeroshot import evaluate_zeroshot
 from synthimg.tasks.spec import TaskSpec
 
@@ -49,7 +49,7 @@ def zeroshot_records(
         dataset = _split(task, split, root, transform)
         if dataset is None:
             continue
-        metrics = evaluate_zeroshot(classifier, dataset, cfg.batch_size, cfg.workers, device)
+        metrics = evaluate_zeroshot(classifier, dataset, cfg.batch_size, cfg.workers, device, cfg.precision)
         records.append(ResultRecord(**base, task="zeroshot_classification", eval_mode="zs", split=split,
                                     metrics=metrics, wise_alpha=wise_alpha))
     return records
@@ -74,7 +74,7 @@ def linear_probe_records(
         if dataset is None:
             continue
         cache = cache_dir / f"{feature_cache_key(cache_tag, task.name, split, root)}.pt" if cache_dir else None
-        feats[split] = extract_features(encode, dataset, cfg.batch_size, cfg.workers, device, cache)
+        feats[split] = extract_features(encode, dataset, cfg.batch_size, cfg.workers, device, cache, cfg.precision)
     if "train" not in feats:
         raise SynthimgError(f"the linear probe needs the train split of {task.name} under {root}")
     held_out = "val" not in feats and "val" in cfg.splits
@@ -100,8 +100,8 @@ class RunEvaluator:
         _split(task, cfg.splits[0], root, None)  # a missing or wrong root fails now, not after an epoch
 
     def _write(self, run_dir: Path, records: list[ResultRecord]) -> None:
+        append_results(run_dir / "results.jsonl", records)  # one write: an epoch's lines land together or not at all
         for r in records:
-            append_result(run_dir / "results.jsonl", r)
             log.info("eval %s %s epoch %d%s: acc1 %.4f", r.eval_mode, r.split, r.epoch,
                      f" wise_alpha {r.wise_alpha}" if r.wise_alpha is not None else "", r.metrics.acc1)
 
@@ -123,10 +123,6 @@ class RunEvaluator:
             records += linear_probe_records(learner.encode_image, learner.transform_eval, self.task, self.root,
                                             self.cfg, device, base, wise_alpha=wise_alpha)
         self._write(run_dir, records)
-
-    def on_finish(self, learner: Any, base: dict[str, Any], run_dir: Path, device: str) -> None:
-        """Nothing left to do: both metrics were evaluated at every epoch."""
-
 
 def load_learner(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, Any]]:
     """Rebuild a learner from a synthimg checkpoint (``weights_only``); returns it and the checkpoint."""
@@ -191,6 +187,5 @@ def evaluate(
     if "lp" in cfg.modes:
         tag = f"{base['model']}/{base['pretrained']}/{base['epoch']}"
         records += linear_probe_records(encode, transform, task, root, cfg, device, base, cache_dir, tag)
-    for r in records:
-        append_result(output, r)
+    append_results(output, records)
     return records

@@ -81,8 +81,21 @@ def select_on_val(df: pd.DataFrame) -> pd.DataFrame:
                 out.append(rows.sort_values("epoch").iloc[[-1]].assign(selected_on="last", selected_lr=lrs[0]))
             continue
         best = _best_epochs(val)
+        seeds = sorted(cell["seed"].unique())
+        counts = best.groupby("lr_key")["seed"].nunique()
+        if counts.nunique() > 1:
+            log.warning("%s: LRs have val lines for different numbers of seeds (%s); each LR's mean is over its own",
+                        _name(label), ", ".join(f"lr {k:g}: {v}" for k, v in counts.items()))
         means = best.groupby("lr_key")["acc1"].mean()
         lr = float(means.sort_index().idxmax())  # ties: the smaller LR
+        for seed in seeds:  # a seed with no val line at the chosen LR (a crashed run) is missing, not dropped
+            if not ((best["lr_key"] == lr) & (best["seed"] == seed)).any():
+                missing.append({**label, "seed": int(seed), "lr": lr, "epoch": None})
+                log.warning("%s seed %d: no val line at the selected lr %g; reported as missing", _name(label), seed, lr)
+                stub = cell[cell["seed"] == seed].iloc[[0]].assign(split="test", lr=lr, epoch=-1,
+                                                                   **{m: float("nan") for m in METRICS})
+                out.append(stub.assign(selected_on="missing", selected_lr=lr, val_acc1=float("nan"),
+                                       val_mean_acc1=means[lr]))
         for row in best[best["lr_key"] == lr].itertuples():
             match = test[(test["lr_key"] == lr) & (test["seed"] == row.seed) & (test["epoch"] == row.epoch)]
             if match.empty:

@@ -23,7 +23,7 @@ BASELINE = "zeroshot_baseline"
 def summary(selected: pd.DataFrame) -> pd.DataFrame:
     """Mean, std and seed count per (task, mode, arm, scale), plus the baseline and the delta to it."""
     metrics = ["acc1", "mean_per_class_recall"]
-    keys = ["dataset", "eval_mode", "arm", "num_train_images"]
+    keys = ["dataset", "eval_mode", "arm", "model", "finetune", "num_train_images"]
     grouped = selected.groupby(keys, dropna=False)[metrics]
     table = grouped.agg(["mean", "std", "count"])
     table.columns = [f"{m}_{s}" for m, s in table.columns]
@@ -63,8 +63,8 @@ def welch_interval(a: list[float], b: list[float], level: float = 0.95) -> tuple
         return diff, float("nan"), float("nan"), float("nan")
     va, vb = pd.Series(a).var(ddof=1) / len(a), pd.Series(b).var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff, float("inf")
+    if se == 0:  # no variance over seeds on either side: nothing to infer from
+        return diff, float("nan"), float("nan"), float("nan")
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
     return diff, diff - half, diff + half, dof
@@ -89,7 +89,7 @@ def arm_differences(selected: pd.DataFrame, level: float = 0.95) -> pd.DataFrame
     """retrieved - synthetic at equal N: one row per (task, mode, scale, retrieved arm, synthetic arm)."""
     rows = selected[selected["arm"] != BASELINE].assign(kind=lambda d: arm_kind(d))
     out = []
-    for (task, mode, n), g in rows.groupby(["dataset", "eval_mode", "num_train_images"]):
+    for (task, mode, _, _, n), g in rows.groupby(["dataset", "eval_mode", "model", "finetune", "num_train_images"]):
         retrieved = sorted(g.loc[g["kind"] == "retrieved", "arm"].unique())
         synthetic = sorted(g.loc[g["kind"] == "synthetic", "arm"].unique())
         for r in retrieved:
@@ -114,7 +114,7 @@ def difference_sentence(row: object) -> str:
     head = (f"{r.dataset} {mode}, {int(r.num_train_images):,} images: {r.retrieved} - {r.synthetic} = "  # type: ignore[attr-defined]
             f"{100 * r.diff_acc1:+.1f} points")  # type: ignore[attr-defined]
     if r.excludes_zero is None:  # type: ignore[attr-defined]
-        return head + " (fewer than two seeds on a side: no interval)."
+        return head + " (no interval: fewer than two seeds on a side, or no variance over seeds)."
     ci = f"95% CI [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"  # type: ignore[attr-defined]
     if r.excludes_zero:  # type: ignore[attr-defined]
         better = r.retrieved if r.diff_acc1 > 0 else r.synthetic  # type: ignore[attr-defined]

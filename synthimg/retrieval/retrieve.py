@@ -161,7 +161,8 @@ def retrieve(task: TaskSpec, cfg: RetrieveConfig, out: str | Path) -> tuple[pd.D
                       for c in range(task.num_classes)},
         "short_classes": [task.classnames[c] for c in range(task.num_classes) if per_class.get(c, 0) < cfg.per_class],
         "duration": round(time.time() - start, 3),
-        # the query tower and (local) the search run on the accelerator; a remote service's cost is not ours to see
+        # the query tower and (local) the search run on the accelerator; a remote service's cost is not ours to see.
+        # A rerun redoes all of it, so its time replaces the last run's (resumable stages carry theirs over).
         "gpu_seconds": round(time.time() - start, 3) if cfg.backend == "local" else 0.0,
     }
     (out / "retrieve_stats.json").write_text(json.dumps(stats, indent=1))

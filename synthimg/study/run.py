@@ -75,8 +75,8 @@ def data_costs(study: StudyConfig, steps: list[Step]) -> dict[str, dict[str, flo
     """GPU-hours per curated image of each arm, by kind of work (for the cost table and compute plot).
 
     Everything that made an arm's pool counts: captions and generation; embedding and index
-    building (shared: charged to this task in the proportion ``index.share_classes`` gives,
-    then split between the arms that query it), kNN queries; and, for every arm, CLIP scoring
+    building (charged in full to every arm that queries it, in this task's share
+    ``index.share_classes`` gives), kNN queries; and, for every arm, CLIP scoring
     and decontamination. The sum is divided by the curated pool (the images that survive
     curation), so a subset of N images costs N times that.
     """
@@ -99,7 +99,8 @@ def data_costs(study: StudyConfig, steps: list[Step]) -> dict[str, dict[str, flo
             if arm in arms:
                 spec = study.arms[arm].index
                 share = classes / spec.share_classes if spec is not None and spec.share_classes else 1.0
-                parts["index"] = parts.get("index", 0.0) + _gpu_hours(by_id[index_id]) * min(1.0, share) / len(arms)
+                # each arm that queries the index is charged its build (this task's share), as it would be alone
+                parts["index"] = parts.get("index", 0.0) + _gpu_hours(by_id[index_id]) * min(1.0, share)
         subsets = next((s for s in steps if s.kind == "subsample" and s.arm == arm), None)
         meta = subsets.outputs[-1] if subsets is not None else None
         pool = json.loads(meta.read_text()).get("pool", 0) if meta is not None and meta.is_file() else 0

@@ -10,21 +10,22 @@ or workers, every sample is seen exactly once per epoch, and a resumed run sees 
 batches as an uninterrupted one.
 
 The last global batch of an epoch may be short. Its micro-batches are padded to the usual
-shape with weight-0 copies, and the loss is the weighted sum over the *global* batch, so
-the gradient equals the plain mean over the samples that exist.
+shape with weight-0 copies, and the trainer sums the loss over the global batch, so the
+gradient equals the plain mean over the samples the step received.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synthimg.config import TrainConfig
+from synthimg.data.tar_index import SampleTable
 from synthimg.errors import SynthimgError
 
 
@@ -32,7 +33,7 @@ from synthimg.errors import SynthimgError
 class Source:
     path: Path
     keys: list[str] | None
-    weight: float
+    weight: float | None  # None: in proportion to its size (the union of the sources)
     size: int
 
 
@@ -57,7 +58,7 @@ def resolve_sources(cfg: TrainConfig) -> list[Source]:
         if keys is not None:
             check_keys(path, keys)
         size = len(keys) if keys is not None else dataset_size(path)
-        sources.append(Source(path, keys, cfg.weights[i] if cfg.weights else float(size), size))
+        sources.append(Source(path, keys, cfg.weights[i] if cfg.weights else None, size))
     return sources
 
 
@@ -72,30 +73,6 @@ def infer_arm(sources: list[Source]) -> str:
         except (SynthimgError, KeyError):
             found.add("upstream")
     return found.pop() if len(found) == 1 else "mixed"
-
-
-@dataclass
-class SampleTable:
-    """Every training sample of a run, located in its tar: arrays indexed by sample number."""
-
-    paths: list[str]
-    shard: np.ndarray
-    offset: np.ndarray
-    size: np.ndarray
-    label: np.ndarray
-    source: np.ndarray
-    weights: list[float]
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-    def class_counts(self) -> np.ndarray:
-        return np.bincount(self.label, minlength=int(self.label.max()) + 1 if len(self.label) else 0)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.shard, self.offset, self.size, self.label, self.source))
 
 
 def sample_table(sources: list[Source]) -> SampleTable:
@@ -129,13 +106,20 @@ def sample_table(sources: list[Source]) -> SampleTable:
     table = pd.concat(frames, ignore_index=True)
     # One fixed order, independent of the order of the key list: sorted by source, then key.
     table = table.sort_values(["source", "key"], kind="stable").reset_index(drop=True)
+    weights = None if all(s.weight is None for s in sources) else [
+        float(s.size if s.weight is None else s.weight) for s in sources]
     return SampleTable(paths=paths, shard=table["shard"].to_numpy(np.int32), offset=table["offset"].to_numpy(np.int64),
                        size=table["size"].to_numpy(np.int64), label=table["label"].to_numpy(np.int64),
-                       source=table["source"].to_numpy(np.int16), weights=[s.weight for s in sources], dropped=dropped)
+                       source=table["source"].to_numpy(np.int16), weights=weights, dropped=dropped)
 
 
-def _epoch_seed(seed: int, epoch: int) -> list[int]:
-    return [seed, epoch]
+def is_union(table: SampleTable) -> bool:
+    """True when the epoch is the union of the sources: no weights, or weights in proportion to the sizes."""
+    if table.weights is None:
+        return True
+    sizes = np.bincount(table.source, minlength=len(table.weights)).astype(np.float64)
+    weights = np.asarray(table.weights, dtype=np.float64)
+    return bool(np.allclose(weights / weights.sum(), sizes / sizes.sum(), rtol=1e-2, atol=1e-4))
 
 
 def epoch_order(table: SampleTable, seed: int, epoch: int, total: int | None = None) -> np.ndarray:
@@ -148,65 +132,68 @@ def epoch_order(table: SampleTable, seed: int, epoch: int, total: int | None = N
     """
     n = len(table)
     total = n if total is None else total
-    sizes = np.bincount(table.source, minlength=len(table.weights))
-    weights = np.asarray(table.weights, dtype=np.float64)
-    proportional = np.allclose(weights / weights.sum(), sizes / sizes.sum())
-    if proportional:
+    if is_union(table):
         parts, j = [], 0
         while sum(len(p) for p in parts) < total:
-            parts.append(np.random.default_rng([*_epoch_seed(seed, epoch), j]).permutation(n))
+            parts.append(np.random.default_rng([seed, epoch, j]).permutation(n))
             j += 1
         return np.concatenate(parts)[:total]
+    weights = np.asarray(table.weights, dtype=np.float64)
     shares = np.floor(total * weights / weights.sum()).astype(np.int64)
     shares[np.argmax(weights)] += total - shares.sum()
     picks = []
     for s, share in enumerate(shares):
         members = np.flatnonzero(table.source == s)
         start = epoch * share  # where this epoch starts in the source's endless stream of permutations
-        stream = []
-        cycle = start // len(members)
-        while sum(len(x) for x in stream) < (start % len(members)) + share:
+        offset, cycle, stream = start % len(members), start // len(members), []
+        while sum(len(x) for x in stream) < offset + share:
             stream.append(members[np.random.default_rng([seed, 1_000 + s, cycle]).permutation(len(members))])
             cycle += 1
-        flat = np.concatenate(stream) if stream else members[:0]
-        picks.append(flat[start % len(members): start % len(members) + share])
+        picks.append(np.concatenate(stream)[offset: offset + share] if stream else members[:0])
     mixed = np.concatenate(picks)
-    return mixed[np.random.default_rng([*_epoch_seed(seed, epoch), 999]).permutation(len(mixed))]
+    return mixed[np.random.default_rng([seed, epoch, 999]).permutation(len(mixed))]
 
 
-@dataclass
-class EpochPlan:
-    """One epoch's global batches and this rank's micro-batches of ``(sample, weight)`` items."""
+class MicroBatches:
+    """This rank's micro-batches of one epoch as ``[(sample, weight), ...]`` lists, built lazily from arrays.
 
-    global_batches: list[np.ndarray]
-    micro: list[list[tuple[int, float]]]
-    per_micro: int
+    The global order is one int64 array (8 bytes per sample); a DataLoader takes this as
+    its ``batch_sampler``.
+    """
+
+    def __init__(self, order: np.ndarray, batch: int, world: int, rank: int, accum: int):
+        self.order, self.batch, self.world, self.rank, self.accum = order, batch, world, rank, accum
+        self.per_micro = batch // (world * accum)
 
     @property
     def steps(self) -> int:
-        return len(self.global_batches)
+        return math.ceil(len(self.order) / self.batch)
+
+    def global_batch(self, step: int) -> np.ndarray:
+        return self.order[step * self.batch: (step + 1) * self.batch]
+
+    def __len__(self) -> int:
+        return self.steps * self.accum
+
+    def __iter__(self) -> Iterator[list[tuple[int, float]]]:
+        for step in range(self.steps):
+            gb = self.global_batch(step)
+            mine = gb[self.rank:: self.world]
+            for m in range(self.accum):
+                part = [(int(i), 1.0) for i in mine[m * self.per_micro: (m + 1) * self.per_micro]]
+                yield part + [(int(gb[0]), 0.0)] * (self.per_micro - len(part))
 
 
 def plan_epoch(table: SampleTable, cfg: TrainConfig, epoch: int, world: int, rank: int,
-               steps: int | None = None) -> EpochPlan:
+               steps: int | None = None) -> MicroBatches:
     """Cut the epoch's order into global batches; rank ``r`` takes every ``world``-th sample of each.
 
     Each rank's share of a global batch is split into ``grad_accum`` micro-batches of
     ``batch_size / (world x grad_accum)`` items; short ones (only in the last, partial global
     batch) are padded with weight-0 copies so every rank runs the same shapes.
     """
-    batch = cfg.batch_size
-    per_micro = batch // (world * cfg.grad_accum)
-    order = epoch_order(table, cfg.seed, epoch, None if steps is None else steps * batch)
-    globals_ = [order[i: i + batch] for i in range(0, len(order), batch)]
-    micro: list[list[tuple[int, float]]] = []
-    for gb in globals_:
-        mine = gb[rank::world]
-        for m in range(cfg.grad_accum):
-            part = [(int(i), 1.0) for i in mine[m * per_micro: (m + 1) * per_micro]]
-            part += [(int(gb[0]), 0.0)] * (per_micro - len(part))
-            micro.append(part)
-    return EpochPlan(globals_, micro, per_micro)
+    order = epoch_order(table, cfg.seed, epoch, None if steps is None else steps * cfg.batch_size)
+    return MicroBatches(order, cfg.batch_size, world, rank, cfg.grad_accum)
 
 
 def expected_distinct(counts: np.ndarray, batch: int) -> float:
@@ -227,25 +214,29 @@ def expected_distinct(counts: np.ndarray, batch: int) -> float:
     return value
 
 
-def batch_diversity(table: SampleTable, plan: EpochPlan) -> dict[str, float]:
-    """Distinct classes per global batch (mean) against their expectation under IID sampling."""
+def iid_expectation(table: SampleTable, batch_sizes: list[int]) -> float:
+    """Mean over batches of :func:`expected_distinct` for batches of these sizes."""
     counts = table.class_counts()
-    seen = [len(np.unique(table.label[gb])) for gb in plan.global_batches]
     cache: dict[int, float] = {}
-    iid = [cache.setdefault(len(gb), expected_distinct(counts, len(gb))) for gb in plan.global_batches]
-    return {"batch_classes_mean": float(np.mean(seen)), "batch_classes_iid": float(np.mean(iid)),
-            "batches": len(seen), "classes": int((counts > 0).sum())}
+    return float(np.mean([cache.setdefault(b, expected_distinct(counts, b)) for b in batch_sizes]))
 
 
-def epoch_loader(table: SampleTable, plan: EpochPlan, transform: Any, workers: int, stats: Any = None,
+def batch_diversity(table: SampleTable, plan: MicroBatches) -> dict[str, float]:
+    """Distinct classes per global batch of a plan (mean) against their expectation under IID sampling."""
+    batches = [plan.global_batch(s) for s in range(plan.steps)]
+    seen = [len(np.unique(table.label[gb])) for gb in batches]
+    return {"batch_classes_mean": float(np.mean(seen)), "batch_classes_iid": iid_expectation(table, [len(b) for b in batches]),
+            "batches": len(seen), "classes": int((table.class_counts() > 0).sum())}
+
+
+def epoch_loader(table: SampleTable, plan: MicroBatches, transform: Any, workers: int, stats: Any = None,
                  pin_memory: bool = False) -> Iterator[dict[str, Any]]:
     """The rank's micro-batches of the epoch, in order, decoded by ``workers`` DataLoader workers."""
     import torch
 
     from synthimg.data.tar_index import TarSamples, collate_weighted
 
-    dataset = TarSamples(table.paths, table.shard, table.offset, table.size, table.label, transform, stats)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=plan.micro, num_workers=workers,
-                                         collate_fn=collate_weighted, pin_memory=pin_memory,
+    loader = torch.utils.data.DataLoader(TarSamples(table, transform, stats), batch_sampler=plan,
+                                         num_workers=workers, collate_fn=collate_weighted, pin_memory=pin_memory,
                                          persistent_workers=False)
     return iter(loader)

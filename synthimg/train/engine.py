@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from synthimg.config import Config, config_hash, save_resolved, to_dict
@@ -98,8 +99,8 @@ def _resume_path(run_dir: Path, resume: str) -> Path:
 class Trainer:
     """One training run; :meth:`run` trains and returns the run directory.
 
-    ``evaluator`` (optional) is called on rank 0 after every epoch (``on_epoch``), for each
-    WiSE-FT alpha, and once at the end (``on_finish``). Training never imports the
+    ``evaluator`` (optional) is called on rank 0 after every epoch (``on_epoch``) and for each
+    WiSE-FT alpha. Training never imports the
     evaluation stage; the caller (the CLI, a study) passes it in.
     """
 
@@ -129,8 +130,14 @@ class Trainer:
         if self.tcfg.batch_size % micro:
             raise SynthimgError(f"global batch {self.tcfg.batch_size} is not divisible by {self.world} ranks x "
                                 f"{self.tcfg.grad_accum} accumulation steps")
-        self.table = sample_table(self.sources)
+        if self.rank == 0:  # rank 0 scans the tars and writes the index caches; the others then read them
+            self.table = sample_table(self.sources)
+        barrier()
+        if self.rank != 0:
+            self.table = sample_table(self.sources)
         self.num_samples = len(self.table)
+        self.num_classes = max(self.task.num_classes, int(self.table.label.max()) + 1)
+        self._shape: Any = None
         if self.table.dropped and any(self.table.dropped.values()):
             log.warning("unusable samples in the training shards (not trained on): %s", self.table.dropped)
         self.per_rank_batch = self.tcfg.batch_size // micro
@@ -189,21 +196,24 @@ class Trainer:
 
     def _epoch(self, learner: Learner, opt: Any, sched: Any, params: list[torch.nn.Parameter], state: RunState,
                epoch: int) -> list[float]:
-        """One epoch of IID batches; appends the epoch's batch diversity and coverage to ``state.epoch_stats``."""
+        """One epoch of IID batches; appends the epoch's batch diversity and coverage to ``state.epoch_stats``.
+
+        Both are measured on what the training step received (all ranks together), not on the plan.
+        """
         import numpy as np
 
         from synthimg.data.loader import SkipStats
-        from synthimg.train.data import batch_diversity, epoch_loader, plan_epoch
+        from synthimg.train.data import epoch_loader, iid_expectation, is_union, plan_epoch
 
         plan = plan_epoch(self.table, self.tcfg, epoch, self.world, self.rank, self.tcfg.steps_per_epoch)
-        diversity = batch_diversity(self.table, plan)
         skips = SkipStats()
         batches = epoch_loader(self.table, plan, learner.transform_train, self.tcfg.workers, skips,
                                pin_memory=self.device.startswith("cuda"))
         seen = np.zeros(len(self.table), dtype=np.int32)
+        classes = np.zeros((plan.steps, self.num_classes), dtype=np.int32)  # classes each global batch delivered
         window_t, window_n, epoch_losses = time.time(), 0, []
-        for step_in_epoch, global_batch in enumerate(plan.global_batches):
-            loss_value = self._step(learner, opt, params, batches, len(global_batch), seen)
+        for step_in_epoch in range(plan.steps):
+            loss_value = self._step(learner, opt, params, batches, seen, classes[step_in_epoch])
             sched.step()
             state.step += 1
             if state.steady_since is None:
@@ -212,7 +222,7 @@ class Trainer:
                 state.steady_steps += 1
                 state.steady_until = time.time()
             epoch_losses.append(loss_value)
-            window_n += len(global_batch)
+            window_n += len(plan.global_batch(step_in_epoch))
             if state.step % self.tcfg.log_every == 0 or step_in_epoch == plan.steps - 1:
                 rate = window_n / max(1e-9, time.time() - window_t)
                 lr = opt.param_groups[0]["lr"]
@@ -222,34 +232,56 @@ class Trainer:
                 log.info("epoch %d step %d/%d loss %.4f lr %.3g samples_per_second %.1f samples_per_second_per_gpu %.1f",
                          epoch + 1, step_in_epoch + 1, plan.steps, loss_value, lr, rate, rate / self.world)
                 window_t, window_n = time.time(), 0
-        coverage = _coverage(seen, self.world, self.device)
-        record = {"epoch": epoch + 1, **diversity, **coverage, "skipped": skips.as_dict()}
-        state.epoch_stats.append(record)
+        seen, classes = _sum_ranks(seen, self.world, self.device), _sum_ranks(classes, self.world, self.device)
+        skipped = _sum_ranks(np.array(list(skips.as_dict().values())), self.world, self.device)
+        skipped = dict(zip(skips.as_dict(), (int(v) for v in skipped)))
+        coverage = {"samples": int(len(seen)), "seen_once": int((seen == 1).sum()), "unseen": int((seen == 0).sum()),
+                    "seen_more": int((seen > 1).sum())}
+        diversity = {"batch_classes_mean": float((classes > 0).sum(axis=1).mean()),
+                     "batch_classes_iid": iid_expectation(self.table, [len(plan.global_batch(s)) for s in range(plan.steps)]),
+                     "batches": plan.steps, "classes": int((self.table.class_counts() > 0).sum())}
+        state.epoch_stats.append({"epoch": epoch + 1, **diversity, **coverage, "skipped": skipped})
         log.info("epoch %d: batch_classes_mean %.2f batch_classes_iid %.2f (distinct classes per batch of %d, "
                  "IID expectation); %d of %d samples seen once, %d never, %d more than once", epoch + 1,
                  diversity["batch_classes_mean"], diversity["batch_classes_iid"], self.tcfg.batch_size,
                  coverage["seen_once"], coverage["samples"], coverage["unseen"], coverage["seen_more"])
+        exactly_once = self.tcfg.steps_per_epoch is None and is_union(self.table)  # else by design not every sample
+        if exactly_once and coverage["unseen"] > sum(skipped.values()):
+            raise SynthimgError(f"epoch {epoch + 1} lost {coverage['unseen'] - sum(skipped.values())} samples that were "
+                                "neither trained on nor counted as skipped; see out.log")
         return epoch_losses
 
-    def _step(self, learner: Learner, opt: Any, params: list[torch.nn.Parameter], batches: Any, n_global: int,
-              seen: Any) -> float:
-        """One optimiser step over ``grad_accum`` micro-batches; returns the global mean loss."""
+    def _step(self, learner: Learner, opt: Any, params: list[torch.nn.Parameter], batches: Any, seen: Any,
+              classes: Any) -> float:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the global mean loss.
+
+        The loss is summed over the samples the whole global batch received (counted across
+        ranks first), so DDP's mean over ranks gives the plain mean whatever the padding or
+        the skipped samples.
+        """
         from synthimg.runtime import autocast
 
+        micro_batches = [self._present(next(batches)) for _ in range(self.tcfg.grad_accum)]
+        received = 0
+        for batch in micro_batches:
+            real = batch["weight"] > 0
+            received += int(real.sum())
+            if real.any():
+                _mark_seen(seen, batch["index"][real])
+                classes[np.unique(batch["label"][real].numpy())] = 1
+        n_global = _sum_ranks(np.array([received]), self.world, self.device)[0] if self.world > 1 else received
+        n_global = max(1, int(n_global))
         opt.zero_grad(set_to_none=True)
         total = 0.0
         weighted = hasattr(learner, "sample_losses")
-        for micro in range(self.tcfg.grad_accum):
-            batch = self._present(next(batches))
-            real = batch["weight"] > 0
-            if real.any():
-                _mark_seen(seen, batch["index"][real])
+        for micro, batch in enumerate(micro_batches):
+            if not weighted and self.world == 1:  # a mean-only loss (FLYP): drop the padding when shapes may differ
+                batch = _real_only(batch)
             sync = micro == self.tcfg.grad_accum - 1 or not hasattr(learner.model, "no_sync")
             ctx = learner.model.no_sync() if not sync else _null()
             with ctx:
                 with autocast(self.device) if self.tcfg.precision.startswith("amp") else _null():
                     if weighted:
-                        # the sum over the global batch: DDP's mean over ranks then gives the plain mean
                         losses = learner.sample_losses(batch) * batch["weight"].to(self.device)
                         loss = losses.sum() * (self.world / n_global)
                         total += float(losses.detach().sum()) / n_global
@@ -271,7 +303,7 @@ class Trainer:
         if batch["image"] is not None:
             self._shape = batch["image"].shape[1:]
             return batch
-        if getattr(self, "_shape", None) is None:
+        if self._shape is None:
             raise SynthimgError("the first training batch held no readable image: see the skipped samples in out.log")
         return {"image": torch.zeros((1, *self._shape)), "label": torch.zeros(1, dtype=torch.long),
                 "index": torch.zeros(1, dtype=torch.long), "weight": torch.zeros(1)}
@@ -332,9 +364,6 @@ class Trainer:
         barrier()
 
     def _finish(self, learner: Learner, initial: dict[str, torch.Tensor], state: RunState) -> None:
-        if self.evaluator is not None and self.rank == 0:
-            self.evaluator.on_finish(learner, self._record(state.epoch, state.elapsed * self.world / 3600.0),
-                                     self.run_dir, self.device)
         if self.tcfg.wise_alphas:
             model = _unwrap(learner.model)
             final = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -379,19 +408,24 @@ def _trackers(names: list[str], run_dir: Path, cfg: Config) -> list[Any]:
 
 
 def _mark_seen(seen: Any, indices: torch.Tensor) -> None:
-    import numpy as np
-
     np.add.at(seen, indices.numpy(), 1)
 
 
-def _coverage(seen: Any, world: int, device: str) -> dict[str, int]:
-    """How many samples of the subset the epoch trained on once, never, or more than once (all ranks)."""
-    if world > 1:
-        counts = torch.from_numpy(seen).to(device)
-        torch.distributed.all_reduce(counts)
-        seen = counts.cpu().numpy()
-    return {"samples": int(len(seen)), "seen_once": int((seen == 1).sum()), "unseen": int((seen == 0).sum()),
-            "seen_more": int((seen > 1).sum())}
+def _sum_ranks(values: Any, world: int, device: str) -> Any:
+    """The element-wise sum of a numpy array over all ranks (itself when not distributed)."""
+    if world == 1:
+        return values
+    tensor = torch.from_numpy(np.ascontiguousarray(values)).to(device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.cpu().numpy()
+
+
+def _real_only(batch: dict[str, Any]) -> dict[str, Any]:
+    keep = batch["weight"] > 0
+    if bool(keep.all()):
+        return batch
+    return {k: (v[keep] if isinstance(v, torch.Tensor) else [x for x, m in zip(v, keep.tolist()) if m])
+            for k, v in batch.items()}
 
 
 def _as_tuple(value: Any) -> Any:
