@@ -151,8 +151,17 @@ class CurateConfig(StageConfig):
     cap: int | None = Field(10000, gt=0, description="per-class cap keeping the highest scores (the paper's, retrieved)")
     descriptor: Literal["clip", "isc", "none"] = "clip"
     threshold: float | None = Field(None, description="cosine threshold; None: the descriptor's default (ISC 0.604169)")
-    phash: bool = Field(True, description="also run the cheap perceptual-hash pass (exact and resized copies)")
-    phash_threshold: float = Field(0.875, gt=0, le=1, description="1 - Hamming/64; 0.875 = at most 8 differing bits")
+    phash: bool = Field(True, description=(
+        "also run the perceptual-hash pass, no model needed: exact, resized, recompressed, recoloured, cropped and "
+        "flipped copies"))
+    phash_bits: Literal[64, 256] = Field(256, description="pHash size: 64 (8x8 DCT) or 256 (16x16, fewer false hits)")
+    phash_crops: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1], description=(
+        "per-side crop fractions: every evaluation image is also hashed cropped by each combination on its four "
+        "sides (3 values: 81 variants), so a crop of up to ~10% a side still matches; [0.0]: the whole image only"))
+    phash_threshold: float = Field(0.8125, gt=0, le=1, description=(
+        "1 - Hamming / bits; 0.8125 = at most 48 of 256 bits differ (planted copies differ by at most 44, unrelated "
+        "scenes by at least 49: docs/curation.md); with phash_bits 64 use 0.875 (8 bits)"))
+    phash_index: str = Field("BFlat", description="faiss binary index factory for the variants, e.g. BIVF4096 at scale")
     isc_weights: str | None = Field(None, description="local isc_ft_v107 weights file")
     isc_backbone: str = "tf_efficientnetv2_m.in21k_ft_in1k"
     isc_image_size: int = Field(512, gt=0)

@@ -22,23 +22,30 @@ import numpy as np
 import pandas as pd
 
 from synthimg.config import CurateConfig
-from synthimg.curation.descriptors import create_descriptor, phash_codes
+from synthimg.curation.descriptors import create_descriptor, crop_variants, phash_codes
 from synthimg.data.manifest import merge_columns, read_manifest, write_keys
 from synthimg.errors import SynthimgError
 from synthimg.tasks.spec import TaskSpec
 
 
 class Describe:
-    """Per-image transform run in loader workers: descriptor tensor and pHash codes (plain and mirrored)."""
+    """Per-image transform run in loader workers: the descriptor tensor and pHash codes.
 
-    def __init__(self, transform: Any, phash: bool):
-        self.transform, self.phash = transform, phash
+    For a candidate: its hash and its mirrored image's. For an evaluation image
+    (``crops`` given): the hashes of all its crop variants, and nothing mirrored (the
+    candidate side covers flips).
+    """
+
+    def __init__(self, transform: Any, phash: bool, bits: int = 64, crops: list[float] | None = None):
+        self.transform, self.phash, self.bits, self.crops = transform, phash, bits, crops
 
     def __call__(self, image: Any) -> tuple[Any, Any, Any]:
         tensor = self.transform(image) if self.transform is not None else None
         if not self.phash:
             return tensor, None, None
-        return tensor, phash_codes([image])[0], phash_codes([image], mirrored=True)[0]
+        if self.crops is not None:
+            return tensor, phash_codes(crop_variants(image, self.crops), bits=self.bits), None
+        return tensor, phash_codes([image], bits=self.bits)[0], phash_codes([image], mirrored=True, bits=self.bits)[0]
 
 
 @dataclass
@@ -109,6 +116,7 @@ class _Indexed:
 class EvalIndex:
     keys: list[str]
     phash: Any = None
+    owners: Any = None  # pHash variant -> evaluation image
     descriptor: Any = None
 
 
@@ -117,24 +125,31 @@ def build_eval_index(source: EvalSource, descriptor: Any, cfg: CurateConfig) -> 
     import faiss
     import torch
 
-    transform = Describe(descriptor.transform if descriptor else None, cfg.phash)
+    transform = Describe(descriptor.transform if descriptor else None, cfg.phash, cfg.phash_bits, cfg.phash_crops)
     keys: list[str] = []
     codes: list[np.ndarray] = []
+    owners: list[int] = []  # the evaluation image of each hashed variant
     feats: list[np.ndarray] = []
     for prefix, dataset in source.datasets(transform):
         workers = min(cfg.workers, getattr(dataset, "num_shards", cfg.workers))
         for batch_keys, items in _batches(dataset, cfg.batch_size, workers):
-            keys.extend(prefix + k for k in batch_keys)
-            if cfg.phash:
-                codes.append(np.stack([c for _, c, _ in items]))
+            for k, (_, variants, _) in zip(batch_keys, items):
+                if cfg.phash:
+                    codes.append(variants)
+                    owners.extend([len(keys)] * len(variants))
+                keys.append(prefix + k)
             if descriptor is not None:
                 feats.append(descriptor(torch.stack([t for t, _, _ in items])))
     if not keys:
         raise SynthimgError("the evaluation set is empty")
     index = EvalIndex(keys)
     if cfg.phash:
-        index.phash = faiss.IndexBinaryFlat(64)
-        index.phash.add(np.concatenate(codes))
+        x = np.ascontiguousarray(np.concatenate(codes))
+        index.phash = faiss.index_binary_factory(cfg.phash_bits, cfg.phash_index)
+        if not index.phash.is_trained:
+            index.phash.train(x)
+        index.phash.add(x)
+        index.owners = np.asarray(owners, dtype=np.int64)
     if descriptor is not None:
         x = np.ascontiguousarray(np.concatenate(feats), dtype=np.float32)
         index.descriptor = faiss.index_factory(x.shape[1], cfg.index_factory, faiss.METRIC_INNER_PRODUCT)
@@ -155,7 +170,7 @@ def search_candidates(
 
     stats = SkipStats()
     dataset = shard_pipeline(shard_dir, keys=keys, stats=stats,
-                             transform=Describe(descriptor.transform if descriptor else None, cfg.phash))
+                             transform=Describe(descriptor.transform if descriptor else None, cfg.phash, cfg.phash_bits))
     rows: list[pd.DataFrame] = []
     total = len(keys) if keys is not None else None
     with progress_bar(total=total, description="decontaminate", enabled=progress) as bar:
@@ -165,8 +180,8 @@ def search_candidates(
                 d1, i1 = index.phash.search(np.stack([c for _, c, _ in items]), 1)
                 d2, i2 = index.phash.search(np.stack([m for _, _, m in items]), 1)
                 best = np.where(d1[:, 0] <= d2[:, 0], i1[:, 0], i2[:, 0])
-                part["phash_sim"] = 1.0 - np.minimum(d1[:, 0], d2[:, 0]) / 64.0
-                part["phash_match"] = [index.keys[i] for i in best]
+                part["phash_sim"] = 1.0 - np.minimum(d1[:, 0], d2[:, 0]) / float(cfg.phash_bits)
+                part["phash_match"] = [index.keys[index.owners[i]] if i >= 0 else "" for i in best]
             if index.descriptor is not None:
                 sims, ids = index.descriptor.search(descriptor(torch.stack([t for t, _, _ in items])), 1)
                 part["desc_sim"] = sims[:, 0]

@@ -6,9 +6,11 @@
 - ``isc``: the paper's descriptor, ``isc_ft_v107`` (EfficientNetV2-M via timm, GeM pooling,
   256-d projection, BatchNorm, L2), from a local weights file the user supplies; the
   paper's threshold 0.604169 on cosine similarity.
-- pHash (imagehash): 64-bit DCT hashes compared by Hamming distance with a faiss binary
-  index; also matched against the mirrored image, so it catches exact, recompressed,
-  resized, slightly recoloured and flipped copies without any model.
+- pHash (imagehash): DCT hashes (256 bits by default) compared by Hamming distance with a
+  faiss binary index. Evaluation images are hashed whole and cropped by every combination of
+  ``curate.phash_crops`` per side, candidates as they are and mirrored, so exact, resized,
+  recompressed, recoloured, cropped (up to about 10% a side) and flipped copies are caught
+  without any model.
 """
 
 from __future__ import annotations
@@ -79,15 +81,38 @@ def isc_net(backbone: str, fc_dim: int = 256, eval_p: float = 1.0) -> Any:
     return ISCNet()
 
 
+def load_isc_checkpoint(path: Path) -> dict[str, Any]:
+    """An ``isc_ft_v107``-style checkpoint: ``state_dict`` (``module.``-prefixed), ``arch``, ``args``.
+
+    ``args`` is a pickled ``argparse.Namespace``, which a plain ``weights_only=True`` load
+    refuses; that one class is allow-listed, nothing else.
+    """
+    import argparse
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal is a one-line user error
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SynthimgError(f"cannot load ISC weights {path}: {first[:200]}") from None
+    return ckpt if isinstance(ckpt, dict) else {"state_dict": ckpt}
+
+
 @register("isc")
 class IscDescriptor:
-    """The paper's copy-detection descriptor, from a local ``isc_ft_v107`` weights file."""
+    """The paper's copy-detection descriptor, from a local ``isc_ft_v107`` weights file.
+
+    The backbone and input size come from the checkpoint (``arch``, ``args.input_size``:
+    ``tf_efficientnetv2_m_in21ft1k`` at 512 px for v107) when it names them, else from
+    ``curate.isc_backbone`` and ``curate.isc_image_size``.
+    """
 
     name = "isc"
     default_threshold = ISC_THRESHOLD
 
     def __init__(self, cfg: CurateConfig, device: str):
-        import torch
         import torchvision.transforms as T
 
         if not cfg.isc_weights:
@@ -95,19 +120,22 @@ class IscDescriptor:
         path = Path(cfg.isc_weights)
         if not path.is_file():
             raise SynthimgError(f"ISC weights not found: {path}")
-        net = isc_net(cfg.isc_backbone)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        ckpt = load_isc_checkpoint(path)
+        args = ckpt.get("args")
+        self.backbone = str(ckpt.get("arch") or cfg.isc_backbone)
+        self.image_size = int(getattr(args, "input_size", 0) or cfg.isc_image_size)
+        net = isc_net(self.backbone)
+        state = ckpt.get("state_dict", ckpt)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SynthimgError(
-                f"{path} does not fit the ISC network on {cfg.isc_backbone}: "
+                f"{path} does not fit the ISC network on {self.backbone}: "
                 f"{len(missing)} missing and {len(unexpected)} unexpected keys (first: {(missing or unexpected)[0]})"
             )
         cfg_data = net.backbone.pretrained_cfg
         self.transform = T.Compose([
-            T.Resize((cfg.isc_image_size, cfg.isc_image_size)),
+            T.Resize((self.image_size, self.image_size)),
             T.ToTensor(),
             T.Normalize(cfg_data.get("mean", (0.5, 0.5, 0.5)), cfg_data.get("std", (0.5, 0.5, 0.5))),
         ])
@@ -120,13 +148,26 @@ class IscDescriptor:
             return self.model(images.to(self.device)).float().cpu().numpy()
 
 
-def phash_codes(images: list[Any], mirrored: bool = False) -> np.ndarray:
-    """64-bit perceptual hashes as uint8 rows [N, 8] (faiss binary format)."""
+def phash_codes(images: list[Any], mirrored: bool = False, bits: int = 64) -> np.ndarray:
+    """Perceptual hashes as uint8 rows [N, bits / 8] (faiss binary format)."""
     import imagehash
     from PIL import ImageOps
 
+    side = int(round(bits ** 0.5))
     rows = []
     for img in images:
-        h = imagehash.phash(ImageOps.mirror(img) if mirrored else img)
+        h = imagehash.phash(ImageOps.mirror(img) if mirrored else img, hash_size=side)
         rows.append(np.packbits(h.hash.flatten()))
-    return np.stack(rows).astype(np.uint8) if rows else np.zeros((0, 8), np.uint8)
+    return np.stack(rows).astype(np.uint8) if rows else np.zeros((0, bits // 8), np.uint8)
+
+
+def crop_variants(image: Any, fractions: list[float]) -> list[Any]:
+    """The image cropped by every combination of ``fractions`` on its four sides (the uncropped one first)."""
+    import itertools
+
+    w, h = image.size
+    out = []
+    for left, top, right, bottom in itertools.product(sorted(set(fractions)), repeat=4):
+        box = (round(left * w), round(top * h), w - round(right * w), h - round(bottom * h))
+        out.append(image if box == (0, 0, w, h) else image.crop(box))
+    return out

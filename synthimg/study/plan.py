@@ -43,6 +43,7 @@ SECTIONS: dict[str, list[str]] = {
     "score": ["task", "curate.model", "curate.pretrained", "curate.reduce"],
     "filter": ["curate.top", "curate.cap"],
     "decontaminate": ["curate.descriptor", "curate.threshold", "curate.phash", "curate.phash_threshold",
+                      "curate.phash_bits", "curate.phash_crops", "curate.phash_index",
                       "curate.isc_weights", "curate.isc_backbone", "curate.isc_image_size", "curate.against_splits"],
     "subsample": ["curate.stratified"],
     "analyze": ["curate.model", "curate.pretrained"],
