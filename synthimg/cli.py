@@ -395,6 +395,8 @@ def curate_subsample(
     keys: Optional[Path] = KeysOpt,
     all_from: Optional[list[Path]] = typer.Option(None, "--all-from", help=(
         "for scale 'all': other arms' curated pools (key lists or shard folders); 'all' is the smallest pool")),
+    paired_with: Optional[Path] = typer.Option(None, "--paired-with", help=(
+        "another arm's subsets folder: take the images made from its subsets (SDEdit), not a draw of our own")),
     unstratified: bool = typer.Option(False, "--unstratified", help="the paper's plain random_split"),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = OverridesArg,
@@ -403,7 +405,7 @@ def curate_subsample(
     import json
 
     from synthimg.config import config_hash, save_resolved, to_dict
-    from synthimg.curation.subsample import pool_size, subsample
+    from synthimg.curation.subsample import paired_subset, pool_size, subsample
     from synthimg.data.manifest import read_keys, read_manifest, write_keys
 
     cfg = _resolve(config, overrides, "curate", {"scales": _split_list(scales, _scale), "seeds": _split_list(seeds, int)})
@@ -419,13 +421,18 @@ def curate_subsample(
     for seed in cfg.curate.seeds:
         for scale in cfg.curate.scales:
             n = everything if scale == "all" else scale
-            chosen = subsample(pool, n, seed, cfg.curate.stratified)
+            if paired_with is not None:
+                chosen = paired_subset(pool, read_keys(paired_with / f"subset_n{scale}_s{seed}.parquet"))
+                n = len(chosen)
+            else:
+                chosen = subsample(pool, n, seed, cfg.curate.stratified)
             path = write_keys(chosen, out / f"subset_n{scale}_s{seed}.parquet")
             counts = pool[pool["key"].isin(set(chosen))].groupby("class_id")["key"].size()
             written[path.name] = {"scale": scale, "n": n, "seed": seed, "min_per_class": int(counts.min()),
                                   "max_per_class": int(counts.max()), "classes": int(len(counts))}
     save_resolved(cfg, out)
     meta = {"pool": len(pool), "all": everything, "all_from": [str(p) for p in all_from or []],
+            "paired_with": str(paired_with) if paired_with else None,
             "stratified": cfg.curate.stratified, "config_hash": config_hash(cfg),
             "keys_from": str(keys) if keys else None, "shards": str(shards), "subsets": written,
             "curate": to_dict(cfg.curate)}
@@ -596,7 +603,8 @@ def generate_cmd(
     images_per_shard: Optional[int] = typer.Option(None, "--images-per-shard"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
     init_shards: Optional[str] = typer.Option(None, "--init-shards", help="SDEdit: render from these real images"),
-    strength: Optional[float] = typer.Option(None, help="SDEdit strength"),
+    init_keys: Optional[str] = typer.Option(None, "--init-keys", help="SDEdit: only these keys (a curated key list)"),
+    strength: Optional[float] = typer.Option(None, help="SDEdit strength (noise level gamma)"),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
@@ -616,7 +624,8 @@ def generate_cmd(
     flags = {"model_id": model_id, "seed": seed, "steps": steps, "cfg": cfg_scale, "scheduler": scheduler,
              "preset": preset, "height": height or size, "width": width or size, "stored_size": stored_size,
              "batch_size": batch_size, "images_per_caption": images_per_caption, "images_per_shard": images_per_shard,
-             "negative_prompt": negative_prompt, "init_shards": init_shards, "strength": strength}
+             "negative_prompt": negative_prompt, "init_shards": init_shards, "init_keys": init_keys,
+             "strength": strength}
     cfg = _resolve(config, overrides, "generate", flags, task,
                    "--task is required (no config.yaml beside the captions names it)", beside=captions)
     gcfg = apply_preset(cfg.generate)

@@ -89,7 +89,11 @@ class GenerateConfig(StageConfig):
     safety_checker: bool = Field(False, description="run the checker explicitly and drop (and count) flagged images")
     jpeg_quality: int = Field(95, ge=1, le=100)
     init_shards: str | None = Field(None, description="img2img (SDEdit): render from these real images")
-    strength: float = Field(0.5, gt=0, le=1)
+    init_keys: str | None = Field(None, description="SDEdit: only these keys of init_shards (a curated key list)")
+    strength: float = Field(0.5, gt=0, le=1, description="SDEdit noise level gamma (the paper sweeps 0.1 ... 1.0)")
+    init_prompt: Literal["template", "caption"] = Field("template", description=(
+        "SDEdit prompt: init_template with the class name (the paper, App. E.1) or the image's own alt-text"))
+    init_template: str = Field("a photo of {c}", description="SDEdit prompt template; {c} is the class name")
 
 
 class RetrieveConfig(StageConfig):

@@ -160,14 +160,15 @@ def test_study_charges_every_arm_its_data(tmp_path):
     steps = [
         step("idx", "index", None, "idx", {"gpu_seconds": 7200.0}),
         step("k.ret", "retrieve", "knn", "k1", {"gpu_seconds": 360.0}, ["idx"]),
+        step("k.dl", "download", "knn", "k0", {}, ["k.ret"]),
         step("s.ret", "retrieve", "sub", "s1", {"gpu_seconds": 0.0}),
-        step("k.score", "score", "knn", "k2", {"gpu_seconds": 360.0}),
-        step("k.dec", "decontaminate", "knn", "k3", {"gpu_seconds": 36.0}),
-        step("y.cap", "captions", "syn", "y1", {"gpu_seconds": 720.0}),
-        step("y.gen", "generate", "syn", "y2", {"gpu_seconds": 36000.0}),
-        step("k.sub", "subsample", "knn", "k4", {"pool": 1000}, name="subsets.json"),
-        step("y.sub", "subsample", "syn", "y4", {"pool": 1000}, name="subsets.json"),
-        step("s.sub", "subsample", "sub", "s4", {"pool": 500}, name="subsets.json"),
+        step("k.score", "score", "knn", "k2", {"gpu_seconds": 360.0}, ["k.dl"]),
+        step("k.dec", "decontaminate", "knn", "k3", {"gpu_seconds": 36.0}, ["k.score"]),
+        step("cap", "captions", None, "y1", {"gpu_seconds": 720.0}),  # shared captions
+        step("y.gen", "generate", "syn", "y2", {"gpu_seconds": 36000.0}, ["cap"]),
+        step("k.sub", "subsample", "knn", "k4", {"pool": 1000}, ["k.dec", "y.gen"], name="subsets.json"),
+        step("y.sub", "subsample", "syn", "y4", {"pool": 1000}, ["y.gen"], name="subsets.json"),
+        step("s.sub", "subsample", "sub", "s4", {"pool": 500}, ["s.ret"], name="subsets.json"),
     ]
     for s in steps:
         if s.kind == "subsample":
@@ -178,7 +179,8 @@ def test_study_charges_every_arm_its_data(tmp_path):
         "mix": {"source": "mixed", "mix": {"knn": 0.5, "syn": 0.5}}}, "scales": [10]})
     costs = data_costs(study, steps)
     assert costs["knn"] == pytest.approx({"index": 1.0 / 1000, "retrieve": 0.1 / 1000, "score": 0.1 / 1000,
-                                          "decontaminate": 0.01 / 1000})  # 10 of the index's 20 classes
+                                          "decontaminate": 0.01 / 1000})  # 10 of the index's 20 classes;
+    # (the subsets step's link to the synthetic arm, as for scale 'all', is not charged to knn)
     assert costs["syn"] == pytest.approx({"captions": 0.2 / 1000, "generate": 10.0 / 1000})
     assert costs["sub"] == pytest.approx({"retrieve": 0.0})
     assert costs["mix"]["generate"] == pytest.approx(0.5 * 10.0 / 1000)

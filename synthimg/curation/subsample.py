@@ -58,3 +58,18 @@ def pool_size(path: str | os.PathLike[str]) -> int:
 
     path = Path(path)
     return len(read_manifest(path)) if path.is_dir() else len(read_keys(path))
+
+
+def paired_subset(pool: pd.DataFrame, init_keys: list[str]) -> list[str]:
+    """The samples made from ``init_keys`` (SDEdit: the ``init_key`` column), one per init key, in their order.
+
+    The SDEdit arm at (N, seed) is then the noised and denoised version of exactly the
+    retrieved subset at (N, seed).
+    """
+    if "init_key" not in pool:
+        raise SynthimgError("--paired-with needs an arm made from another arm's images (an init_key column)")
+    first = pool.sort_values("key").drop_duplicates("init_key").set_index("init_key")["key"]
+    missing = [k for k in init_keys if k not in first.index]
+    if missing:
+        raise SynthimgError(f"{len(missing)} images of the paired subset have no counterpart here (first: {missing[0]})")
+    return [str(first[k]) for k in init_keys]

@@ -24,6 +24,7 @@ from synthimg.study.pools import (
     caption_work,
     coverage_rows,
     decontam_keep,
+    expected_after_curation,
     shards_pool,
     size_pool,
 )
@@ -129,15 +130,25 @@ class Planner:
     def plan(self) -> list[Step]:
         s = self.study
         scales = self._subset_scales()
-        self.sizes = {name: self._size(name, scales[name]) for name in scales}
+        order = sorted(scales, key=lambda n: s.arms[n].source == "sdedit")  # an SDEdit arm sizes from its init arm
+        self.sizes: dict[str, PoolSize] = {}
+        for name in order:
+            self.sizes[name] = self._size(name, scales[name])
         self.coverage = coverage_rows(s, self.sizes)
         pools: dict[str, tuple[Step, Step]] = {}  # arm -> (images step, keys step)
-        for name, arm in s.arms.items():
-            if arm.source != "mixed":
-                pools[name] = self._pool(name)
-        everything = [name for name in pools if ALL in scales[name]]
-        subsets = {name: self._subsample(name, *pools[name], scales[name],
-                                         [pools[o][1] for o in everything if o != name]) for name in pools}
+        subsets: dict[str, Step] = {}
+        plain = [n for n, a in s.arms.items() if a.source not in ("mixed", "sdedit")]
+        for name in plain:
+            pools[name] = self._pool(name)
+        everything = [name for name in plain if ALL in scales[name]]
+        for name in plain:
+            subsets[name] = self._subsample(name, *pools[name], scales[name],
+                                            [pools[o][1] for o in everything if o != name])
+        for name, arm in s.arms.items():  # SDEdit arms render another arm's curated pool, pair with its subsets
+            if arm.source == "sdedit":
+                pools[name] = self._sdedit_pool(name, *pools[arm.init_from])  # type: ignore[index]
+                subsets[name] = self._subsample(name, *pools[name], scales[name], [],
+                                                paired=subsets[arm.init_from])  # type: ignore[index]
         if s.baseline:
             self._baseline()
         for name, arm in s.arms.items():
@@ -168,7 +179,23 @@ class Planner:
         needed = max((n for n in scales if n != ALL), default=0)  # type: ignore[type-var]
         if arm.source == "shards":
             return shards_pool(name, arm, cfg, classes, needed, s.losses)
+        if arm.source == "sdedit":  # one image per image of the init arm's curated pool
+            per_class = self.sizes[arm.init_from].expected_post // classes  # type: ignore[index]
+            return PoolSize(name, per_class, None, expected_after_curation(per_class, classes, arm, cfg, s.losses),
+                            needed, False)
         return size_pool(name, arm, cfg, classes, needed, s.losses)
+
+    def _sdedit_pool(self, name: str, init_images: Step, init_keys: Step) -> tuple[Step, Step]:
+        """SDEdit: noise and denoise every image of another arm's curated pool at ``generate.strength``."""
+        s = self.study
+        cfg = s.stage_config(name)
+        argv = ["generate", "--task", s.task, "--init-shards", str(init_images.outputs[0].parent), "--out", "{out}"]
+        if init_keys.kind != "score":
+            argv += ["--init-keys", str(init_keys.outputs[0])]
+        images = self._add("generate", cfg, name, "images", argv, ["generate_stats.json"], [init_keys],
+                           distributed=True, extra={"init": init_keys.hash},
+                           work={"generate": self.sizes[name].made_per_class * _num_classes(s.task)})
+        return images, self._curate(name, cfg, images)
 
     def _pool(self, name: str) -> tuple[Step, Step]:
         """The arm's images and its curated key list."""
@@ -176,22 +203,23 @@ class Planner:
         cfg = s.stage_config(name)
         n_classes = _num_classes(s.task)
         size = self.sizes[name]
-        check = PoolCheck(name, size.needed, n_classes, cfg.curate.top if arm.filter else None,
-                          cfg.curate.cap if arm.filter else None, decontam_keep(arm, s.losses),
+        check = PoolCheck(name, size.needed, n_classes, cfg.curate.top if arm.filters else None,
+                          cfg.curate.cap if arm.filters else None, decontam_keep(arm, s.losses),
                           cfg.generate.images_per_caption if arm.source == "synthetic" else 1)
         if arm.source == "synthetic":
             per_caption = cfg.generate.images_per_caption
             cfg.captions.per_class = -(-size.made_per_class // per_caption)
             deps: list[Step] = []
             llm = cfg.captions.method == "llm"
+            # captions and backgrounds depend on the task and the caption settings only: arms that agree share them
             if llm and cfg.captions.backgrounds is None:  # the paper's LLM-written places, before captioning
-                bg = self._add("backgrounds", cfg, name, "backgrounds",
+                bg = self._add("backgrounds", cfg, None, "backgrounds",
                                ["captions", "backgrounds", "--task", s.task, "--out", "{out}/backgrounds.json"],
                                ["backgrounds.json"], [], gpu=cfg.captions.llm_url is None,
                                work=background_work(cfg, s.task))
                 cfg.captions.backgrounds = str(bg.outputs[0])
                 deps = [bg]
-            caps = self._add("captions", cfg, name, "captions", ["captions", "--out", "{out}"], ["captions.parquet"],
+            caps = self._add("captions", cfg, None, "captions", ["captions", "--out", "{out}"], ["captions.parquet"],
                              deps, gpu=llm and cfg.captions.llm_url is None, check=check,
                              work=caption_work(cfg, s.task, cfg.captions.per_class * n_classes) if llm else {})
             images = self._add("generate", cfg, name, "images",
@@ -225,13 +253,18 @@ class Planner:
                           arm=name, hash=config_hash({"shards": str(Path(arm.shards).resolve())}, 10), gpu=False,
                           cfg=cfg)
             self.index[images.id] = images
+        return images, self._curate(name, cfg, images)
+
+    def _curate(self, name: str, cfg: Config, images: Step) -> Step:
+        """Score, filter and decontaminate an arm's images; returns the step whose key list is its curated pool."""
+        s, arm = self.study, self.study.arms[name]
         shards = str(images.outputs[0].parent)
         score = self._add("score", cfg, name, "score", ["curate", "score", "--shards", shards],
                           [], [images], distributed=True, extra={"shards": shards},
-                          work={"inference": size.made_per_class * n_classes})
+                          work={"inference": self.sizes[name].made_per_class * _num_classes(s.task)})
         score.outputs = [images.outputs[0].parent / "_curation" / "score_config.yaml"]
         keys = score
-        if arm.filter:
+        if arm.filters:
             keys = self._add("filter", cfg, name, "filter", ["curate", "filter", "--shards", shards, "--out", "{out}"],
                              ["keys.parquet"], [score], gpu=False)
         if arm.decontaminates:
@@ -241,10 +274,14 @@ class Planner:
                 argv += ["--keys", str(keys.outputs[0])]
             keys = self._add("decontaminate", cfg, name, "decontam", argv, ["keys.parquet"], [keys],
                              extra={"eval_root": s.eval_root})
-        return images, keys
+        return keys
 
-    def _subsample(self, name: str, images: Step, keys: Step, scales: set[Scale], others: list[Step]) -> Step:
-        """Seeded nested subsets; 'all' is the smallest of the curated pools of every arm that asks for 'all'."""
+    def _subsample(self, name: str, images: Step, keys: Step, scales: set[Scale], others: list[Step],
+                   paired: Step | None = None) -> Step:
+        """Seeded nested subsets; 'all' is the smallest of the curated pools of every arm that asks for 'all'.
+
+        ``paired``: another arm's subsets step; the subsets are then the images made from its subsets.
+        """
         cfg = images.cfg.model_copy(deep=True)  # type: ignore[union-attr]
         numbers = sorted(n for n in scales if n != ALL)  # type: ignore[type-var]
         cfg.curate.scales = [*numbers, *([ALL] if ALL in scales else [])]
@@ -257,6 +294,9 @@ class Planner:
             for other in others:
                 argv += ["--all-from", str(other.outputs[0] if other.kind != "score" else other.outputs[0].parent.parent)]
                 deps.append(other)
+        if paired is not None:
+            argv += ["--paired-with", str(paired.outputs[0].parent)]
+            deps.append(paired)
         outputs = [f"subset_n{n}_s{seed}.parquet" for seed in self.study.seeds for n in cfg.curate.scales]
         return self._add("subsample", cfg, name, "subsets", argv, outputs + ["subsets.json"], deps, gpu=False)
 

@@ -48,8 +48,8 @@ def decontam_keep(arm: Any, losses: Any) -> float:
 def expected_after_curation(made_per_class: int, classes: int, arm: Any, cfg: Any, losses: Any) -> int:
     """Images expected after filter, cap and decontamination, from ``made_per_class`` downloaded or generated."""
     survived = made_per_class * (1 - losses.generate_drop) if arm.source == "synthetic" else float(made_per_class)
-    kept = math.ceil(cfg.curate.top * survived) if arm.filter else survived
-    if arm.filter and cfg.curate.cap is not None:
+    kept = math.ceil(cfg.curate.top * survived) if arm.filters else survived
+    if arm.filters and cfg.curate.cap is not None:
         kept = min(kept, cfg.curate.cap)
     return int(math.floor(kept * decontam_keep(arm, losses))) * classes
 
@@ -61,12 +61,12 @@ def size_pool(name: str, arm: Any, cfg: Any, classes: int, needed: int, losses: 
     else:
         per_class = math.ceil(needed * (1 + losses.margin) / classes)
         after_filter = per_class / decontam_keep(arm, losses)
-        cap = cfg.curate.cap if arm.filter else None
+        cap = cfg.curate.cap if arm.filters else None
         if cap is not None and after_filter > cap:
             raise SynthimgError(
                 f"arm {name!r}: {needed:,} images need about {math.ceil(after_filter):,} per class after the filter, "
                 f"above its cap of {cap:,} per class (curate.cap); lower the scale or raise the cap")
-        made = math.ceil(after_filter / cfg.curate.top) if arm.filter else math.ceil(after_filter)
+        made = math.ceil(after_filter / cfg.curate.top) if arm.filters else math.ceil(after_filter)
         if arm.source == "synthetic":
             made = math.ceil(made / (1 - losses.generate_drop))
         made, auto = max(made, 1), True

@@ -74,36 +74,40 @@ def _gpu_hours(step: Step) -> float:
 def data_costs(study: StudyConfig, steps: list[Step]) -> dict[str, dict[str, float]]:
     """GPU-hours per curated image of each arm, by kind of work (for the cost table and compute plot).
 
-    Everything that made an arm's pool counts: captions and generation; embedding and index
-    building (charged in full to every arm that queries it, in this task's share
-    ``index.share_classes`` gives), kNN queries; and, for every arm, CLIP scoring
-    and decontamination. The sum is divided by the curated pool (the images that survive
-    curation), so a subset of N images costs N times that.
+    Everything upstream of an arm's subsets counts, as if the arm were made alone: captions
+    and generation; embedding and index building (in this task's share that
+    ``index.share_classes`` gives), kNN queries; CLIP scoring and decontamination; for an
+    SDEdit arm, also the retrieved pool it renders. A step shared by several arms (an index,
+    identical captions) is charged in full to each. The sum is divided by the curated pool
+    (the images that survive curation), so a subset of N images costs N times that.
     """
     from synthimg.tasks import get_task
 
     by_id = {s.id: s for s in steps}
     classes = get_task(study.task).num_classes
-    users: dict[str, list[str]] = {}
-    for s in steps:
-        for d in s.deps:
-            if by_id.get(d) is not None and by_id[d].kind == "index" and s.arm and s.arm not in users.get(d, []):
-                users.setdefault(d, []).append(s.arm)
     costs: dict[str, dict[str, float]] = {}
-    for arm in (a for a, spec in study.arms.items() if spec.source != "mixed"):
-        parts: dict[str, float] = {}
-        for s in steps:
-            if s.kind in _COST_FILES and s.kind != "index" and s.arm == arm:
-                parts[s.kind] = parts.get(s.kind, 0.0) + _gpu_hours(s)
-        for index_id, arms in users.items():
-            if arm in arms:
-                spec = study.arms[arm].index
-                share = classes / spec.share_classes if spec is not None and spec.share_classes else 1.0
-                # each arm that queries the index is charged its build (this task's share), as it would be alone
-                parts["index"] = parts.get("index", 0.0) + _gpu_hours(by_id[index_id]) * min(1.0, share)
+    for arm, spec in study.arms.items():
         subsets = next((s for s in steps if s.kind == "subsample" and s.arm == arm), None)
-        meta = subsets.outputs[-1] if subsets is not None else None
-        pool = json.loads(meta.read_text()).get("pool", 0) if meta is not None and meta.is_file() else 0
+        if spec.source == "mixed" or subsets is None:
+            continue
+        # walk upstream; the subsets step's links to other arms ('all', pairing) are not this arm's making
+        todo = [d for d in subsets.deps if d in by_id and by_id[d].arm in (None, arm)]
+        seen: set[str] = set()
+        parts: dict[str, float] = {}
+        while todo:
+            step = by_id.get(todo.pop())
+            if step is None or step.id in seen:  # a user's own shards: nothing we made
+                continue
+            seen.add(step.id)
+            todo += step.deps
+            if step.kind in _COST_FILES:
+                hours = _gpu_hours(step)
+                if step.kind == "index":
+                    index = spec.index or (study.arms[step.arm].index if step.arm else None)
+                    hours *= min(1.0, classes / index.share_classes) if index is not None and index.share_classes else 1.0
+                parts[step.kind] = parts.get(step.kind, 0.0) + hours
+        meta = subsets.outputs[-1]
+        pool = json.loads(meta.read_text()).get("pool", 0) if meta.is_file() else 0
         if pool:
             costs[arm] = {k: v / pool for k, v in parts.items()}
     for arm, spec in study.arms.items():

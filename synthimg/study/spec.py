@@ -40,7 +40,7 @@ class IndexSpec(StageConfig):
 class ArmSpec(StageConfig):
     """How one arm's pool is made; the study then curates, subsamples and trains on it."""
 
-    source: Literal["synthetic", "retrieved", "shards", "mixed"]
+    source: Literal["synthetic", "retrieved", "shards", "mixed", "sdedit"]
     pool_per_class: int | None = Field(
         None, gt=0, description=(
             "images made per class before curation (captions x images per caption, or the download quota); "
@@ -48,8 +48,13 @@ class ArmSpec(StageConfig):
     shards: str | None = Field(None, description="source 'shards': an existing shard folder (your own images)")
     index: IndexSpec | None = Field(None, description="retrieved + local backend: build this index first")
     mix: dict[str, float] = Field(default_factory=dict, description="source 'mixed': arm name -> fraction")
+    init_from: str | None = Field(None, description=(
+        "source 'sdedit': the arm whose curated images are noised and denoised (generate.strength is gamma); "
+        "its subsets are the SDEdit versions of that arm's subsets (paper Sec. 5, App. E.1)"))
     scales: list[Scale] | None = Field(None, description="None: the study's scales; 'all': everything that survives")
-    filter: bool = Field(True, description="CLIP-score top fraction per class, then the cap")
+    filter: bool | None = Field(None, description=(
+        "CLIP-score top fraction per class, then the cap; None: on, except for sdedit arms (their images come "
+        "from an already curated pool)"))
     decontaminate: bool | None = Field(None, description="None: on for retrieved and shards arms (the paper)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="stage sections for this arm only")
 
@@ -57,9 +62,15 @@ class ArmSpec(StageConfig):
     def _check(self) -> "ArmSpec":
         if self.source == "shards" and not self.shards:
             raise ValueError("a shards arm needs shards: FOLDER")
+        if self.source == "sdedit" and not self.init_from:
+            raise ValueError("an sdedit arm needs init_from: the arm whose images it renders from")
         if self.source == "mixed" and (len(self.mix) < 2 or abs(sum(self.mix.values()) - 1) > 1e-6):
             raise ValueError("a mixed arm needs mix: {arm: fraction, ...} over two or more arms, summing to 1")
         return self
+
+    @property
+    def filters(self) -> bool:
+        return self.filter if self.filter is not None else self.source != "sdedit"
 
     @property
     def decontaminates(self) -> bool:
@@ -152,6 +163,14 @@ class StudyConfig(StageConfig):
                     raise SynthimgError(f"mixed arm {name!r} names {part!r}, which is not a non-mixed arm")
             if arm.source == "mixed" and ALL in self.arm_scales(name):
                 raise SynthimgError(f"mixed arm {name!r}: scale 'all' is for plain arms (give numbers)")
+            if arm.source == "sdedit":
+                init = self.arms.get(arm.init_from or "")
+                if init is None or init.source in ("mixed", "sdedit"):
+                    raise SynthimgError(f"sdedit arm {name!r}: init_from names {arm.init_from!r}, not a plain arm")
+                extra = set(self.arm_scales(name)) - set(self.arm_scales(arm.init_from))  # type: ignore[arg-type]
+                if extra:
+                    raise SynthimgError(f"sdedit arm {name!r}: scales {sorted(map(str, extra))} are not scales of "
+                                        f"{arm.init_from!r}, whose subsets it renders")
         self.stage_config()
         for name in self.arms:
             self.stage_config(name)
@@ -173,9 +192,33 @@ class StudyConfig(StageConfig):
             raise SynthimgError(f"{where}: {err}") from None
 
 
+def _with_parents(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A study YAML merged over the file it ``extends`` (relative to it); a key set to null removes it."""
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = (path.parent / str(parent)).resolve()
+    if base in seen or base == path.resolve():
+        raise SynthimgError(f"{path}: 'extends' loops back to {base}")
+    return _merge_removing(_with_parents(base, (*seen, path.resolve())), data)
+
+
+def _merge_removing(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if value is None and key in out and isinstance(out[key], dict):
+            del out[key]  # `arms: {synthetic: null}` drops the parent's arm
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_removing(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_study(path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> StudyConfig:
-    """Read a study YAML with dotted overrides (``seeds=[0]``, ``base.train.epochs=1``)."""
-    data = deep_merge(read_yaml(path), parse_overrides(overrides))
+    """Read a study YAML (merged over the study it ``extends``) with dotted overrides (``seeds=[0]``)."""
+    data = deep_merge(_with_parents(Path(path)), parse_overrides(overrides))
     if out is not None:
         data["out"] = str(out)
     return validate(data, StudyConfig).check()

@@ -106,18 +106,30 @@ def text_items(table: pd.DataFrame, task: TaskSpec, cfg: GenerateConfig) -> list
 
 
 def init_items(init_dir: str | Path, task: TaskSpec, cfg: GenerateConfig) -> list[Item]:
-    """SDEdit items: every real image of the init shards (sorted by key), prompted with its caption."""
-    from synthimg.data.loader import shard_pipeline
+    """SDEdit items: the real images of the init shards (``init_keys`` only, when given), sorted by key.
 
-    records = sorted(shard_pipeline(init_dir, with_meta=True), key=lambda r: r["key"])
+    The prompt is ``init_template`` with the class name ("a photo of {c}", the paper's App.
+    E.1) or, with ``init_prompt: caption``, the image's alt-text.
+    """
+    from synthimg.data.loader import shard_pipeline
+    from synthimg.data.manifest import read_keys
+    from synthimg.tasks.spec import render
+
+    keys = read_keys(cfg.init_keys) if cfg.init_keys else None
+    records = sorted(shard_pipeline(init_dir, keys=keys, with_meta=True), key=lambda r: r["key"])
+    if not records:
+        raise SynthimgError(f"no init images in {init_dir}" + (f" for the keys of {cfg.init_keys}" if keys else ""))
     items = []
     for n, r in enumerate(records):
         buf = io.BytesIO()
         r["image"].save(buf, format="PNG")
-        prompt = r["text"] or task.prompts(r["label"])[0]
+        name = task.classnames[r["label"]]
+        caption = cfg.init_prompt == "caption" and r["text"]
+        prompt = r["text"] if caption else render(cfg.init_template, name)
+        method = "init_caption" if caption else "init_template"
         for j in range(cfg.images_per_caption):
-            items.append(Item(len(items), r["label"], task.classnames[r["label"]], n, j, prompt,
-                              {"caption_method": "init_caption"}, buf.getvalue(), r["key"]))
+            items.append(Item(len(items), r["label"], name, n, j, prompt, {"caption_method": method},
+                              buf.getvalue(), r["key"]))
     return items
 
 
