@@ -735,6 +735,7 @@ def download_cmd(
     task: Optional[str] = typer.Option(None, "--task", "-t", help="default: the task in the candidates' config.yaml"),
     processes: Optional[int] = typer.Option(None),
     threads: Optional[int] = typer.Option(None),
+    keep_rounds: bool = typer.Option(False, "--keep-rounds", help="keep img2dataset's round folders (OUT/_rounds)"),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
@@ -744,7 +745,8 @@ def download_cmd(
     from synthimg.retrieval.download import download
     from synthimg.tasks import get_task
 
-    cfg = _resolve(config, overrides, "download", {"per_class": per_class, "processes": processes, "threads": threads},
+    cfg = _resolve(config, overrides, "download", {"per_class": per_class, "processes": processes, "threads": threads,
+                   "keep_rounds": keep_rounds or None},
                    task, "--task is required (no config.yaml beside the candidates names it)", beside=candidates)
     stats = download(candidates, get_task(cfg.task), cfg.download, out)
     save_resolved(cfg, out)

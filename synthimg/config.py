@@ -143,6 +143,8 @@ class DownloadConfig(StageConfig):
     timeout: int = Field(10, gt=0)
     retries: int = Field(0, ge=0)
     shard_size: int = Field(1000, gt=0)
+    keep_rounds: bool = Field(False, description=(
+        "keep img2dataset's round folders (OUT/_rounds) after the final shards are written; they double the disk use"))
 
 
 class CurateConfig(StageConfig):

@@ -176,7 +176,12 @@ def test_index_build_local_retrieve_and_quota_download(tmp_path):
     failed = manifest[manifest["status"] != "success"]
     assert len(failed) and failed["error"].str.len().gt(0).all()
     assert {"url", "caption", "query", "similarity", "backend", "sha256"} <= set(kept.columns)
-    # a rerun reuses the finished rounds and changes nothing
+    # only the final shards, the manifest and the stats stay: the round folders would double the disk use
+    names = {p.name for p in (tmp_path / "dl").iterdir()}
+    assert names == {"_manifest", "manifest.parquet", "sizes.json", "_info.json", "classnames.txt",
+                     "download_stats.json", "config.yaml"} | {p.name for p in (tmp_path / "dl").glob("shard-*.tar")}
+    assert stats["complete"] and stats["inputs_hash"]
+    # a rerun (the image server is gone now) downloads nothing and changes nothing
     before = {p.name: p.read_bytes() for p in (tmp_path / "dl").glob("*.tar")}
     from synthimg.retrieval.download import download
 

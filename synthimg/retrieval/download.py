@@ -9,6 +9,12 @@ rerun skips finished rounds (img2dataset's incremental mode skips finished shard
 result is rewritten into our shard format (labels, provenance with url, caption, query,
 similarity, backend, sha256); failed rows stay in the manifest with img2dataset's status and
 error, so a retry of only the failures is possible.
+
+Once the final shards, the manifest and ``download_stats.json`` (which marks the download
+complete, with a hash of its inputs) are written, the round folders are removed: they would
+double the disk use (about 200 GB at ImageNet's 10M images). ``keep_rounds`` keeps them. A
+rerun with the same candidates and settings finds the complete stats and downloads nothing;
+an interrupted run still resumes from its rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -72,6 +79,10 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
     path = Path(candidates)
     if not path.is_file():
         raise SynthimgError(f"candidates not found: {path}")
+    inputs = _inputs_hash(path, cfg)
+    finished = _finished(out, inputs, cfg.keep_rounds)
+    if finished is not None:  # a complete download of the same candidates: nothing to fetch again
+        return finished
     cands = pd.read_parquet(path)
     missing = {"class_id", "url"} - set(cands.columns)
     if missing:
@@ -127,8 +138,46 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
         "per_class": per_class, "quota": cfg.per_class,
         "shortfall": {k: cfg.per_class - v for k, v in per_class.items() if v < cfg.per_class},
         "rounds": len(results), "duration": round(time.time() - start, 3),
+        "complete": True, "inputs_hash": inputs,
     }
-    (out / "download_stats.json").write_text(json.dumps(stats, indent=1, default=str))
+    tmp = out / "download_stats.json.tmp"
+    tmp.write_text(json.dumps(stats, indent=1, default=str))
+    tmp.replace(out / "download_stats.json")  # the stats mark the download complete: written before the rounds go
+    if not cfg.keep_rounds:
+        shutil.rmtree(rounds_dir, ignore_errors=True)
+    return stats
+
+
+def _inputs_hash(candidates: Path, cfg: DownloadConfig) -> str:
+    """What a finished download was made from: the candidates' bytes and the settings that change the result."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(candidates, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    keep = {k: v for k, v in cfg.model_dump(mode="json").items()
+            if k not in ("processes", "threads", "distributor", "keep_rounds")}
+    digest.update(json.dumps(keep, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _finished(out: Path, inputs: str, keep_rounds: bool) -> dict[str, Any] | None:
+    """The stats of a complete earlier download of the same inputs whose shards are all there, else None."""
+    stats_path = out / "download_stats.json"
+    if not (stats_path.is_file() and (out / "sizes.json").is_file()):
+        return None
+    try:
+        stats = json.loads(stats_path.read_text())
+        sizes = json.loads((out / "sizes.json").read_text())
+    except ValueError:
+        return None
+    if not stats.get("complete") or stats.get("inputs_hash") != inputs:
+        return None
+    if not all((out / name).is_file() for name in sizes):
+        return None
+    if not keep_rounds:
+        shutil.rmtree(out / "_rounds", ignore_errors=True)  # a run killed after the stats, before the clean-up
     return stats
 
 
