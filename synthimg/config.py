@@ -143,6 +143,9 @@ class DownloadConfig(StageConfig):
     timeout: int = Field(10, gt=0)
     retries: int = Field(0, ge=0)
     shard_size: int = Field(1000, gt=0)
+    total: int | None = Field(None, gt=0, description=(
+        "images wanted in all: when some classes fall short, the others' quotas rise until this many are kept "
+        "(a study sets it from its cells); None: per_class only"))
     keep_rounds: bool = Field(False, description=(
         "keep img2dataset's round folders (OUT/_rounds) after the final shards are written; they double the disk use"))
 
@@ -164,13 +167,18 @@ class CurateConfig(StageConfig):
     phash_crops: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1], description=(
         "per-side crop fractions: every evaluation image is also hashed cropped by each combination on its four "
         "sides (3 values: 81 variants), so a crop of up to ~10% a side still matches; [0.0]: the whole image only"))
-    phash_threshold: float = Field(0.8125, gt=0, le=1, description=(
-        "1 - Hamming / bits; 0.8125 = at most 48 of 256 bits differ (planted copies differ by at most 44, unrelated "
-        "scenes by at least 49: docs/curation.md); with phash_bits 64 use 0.875 (8 bits)"))
+    phash_threshold: float = Field(0.75, gt=0, le=1, description=(
+        "a hash match: 1 - Hamming / bits >= this (0.75 = at most 64 of 256 bits differ); then it must be confirmed"))
+    phash_verify_ncc: float = Field(0.9, ge=-1, le=1, description=(
+        "confirm a hash match: 32 px luminance correlation with the matched variant at least this (-1: no check)"))
+    phash_verify_colour: float = Field(20.0, ge=0, description=(
+        "confirm a hash match: 8 px colours differ by at most this many grey levels on average (255: no check)"))
+    phash_k: int = Field(8, gt=0, description="nearest hash variants tried per candidate (plain and mirrored)")
     phash_index: str = Field("BFlat", description="faiss binary index factory for the variants, e.g. BIVF4096 at scale")
+    phash_nprobe: int = Field(16, gt=0, description="lists a binary IVF index probes")
     isc_weights: str | None = Field(None, description="local isc_ft_v107 weights file")
-    isc_backbone: str = "tf_efficientnetv2_m.in21k_ft_in1k"
-    isc_image_size: int = Field(512, gt=0)
+    isc_backbone: str | None = Field(None, description="None: the checkpoint's arch (v107: EfficientNetV2-M)")
+    isc_image_size: int | None = Field(None, gt=0, description="None: the checkpoint's input size (v107: 512)")
     against_splits: list[Literal["train", "val", "test"]] = Field(default_factory=lambda: ["test"])
     index_factory: str = Field("Flat", description="faiss index factory string for the evaluation descriptors")
     contact_pairs: int = Field(32, ge=0, description="pairs nearest the threshold drawn on the contact sheet")

@@ -288,7 +288,7 @@ def test_knn_takes_the_union_of_each_indexs_top_k(tmp_path, monkeypatch):
         assert sorted(g.loc[g["index"] == "image", "url"]) == sorted(f"http://x.invalid/image/{i}.jpg" for i in range(k))
         assert sorted(g.loc[g["index"] == "text", "url"]) == sorted(f"http://x.invalid/text/{i}.jpg" for i in range(k))
         # row i of the image index and row i of the caption index are different hits: no url lost
-        assert len(g) == 2 * k and g["upstream_id"].str.match(r"^(image|text):\d+$").all()
+        assert len(g) == 2 * k and sorted(g["upstream_id"].astype(int)) == sorted(list(range(k)) * 2)
         # best first is by rank, the indexes interleaved: never caption-first by cosine
         assert list(g["index"]) == ["image", "text"] * k and list(g["rank"]) == [r for r in range(k) for _ in (0, 1)]
     assert stats["by_index"] == {"image": 10 * k, "text": 10 * k}
@@ -325,3 +325,67 @@ def test_knn_service_is_asked_once_per_modality(tmp_path):
     counts = table.groupby(["class_id", "index"]).size()
     assert counts.eq(4).all() and len(counts) == 2 * 102
     assert table.groupby("class_id")["url"].nunique().eq(8).all()
+
+
+def _good(n: int) -> list[int]:
+    """Image numbers the Images server answers well (not 7k+1..7k+4)."""
+    return [i for i in range(1000) if i % 7 in (0, 5, 6)][:n]
+
+
+def test_download_tops_up_short_classes_resumes_and_keeps_or_drops_rounds(tmp_path, monkeypatch):
+    from synthimg.retrieval import download as dl
+
+    server = _Server(Images)
+    try:
+        good = iter(_good(200))
+        rows = [{"class_id": c, "url": f"{server.url}/img/{next(good)}.jpg", "caption": f"c{c}"}
+                for c in range(10) for _ in range(2 if c == 0 else 8)]  # class 0 has only 2 images to give
+        pd.DataFrame(rows).to_parquet(tmp_path / "cands.parquet")
+        cfg = DownloadConfig(per_class=3, total=30, processes=1, threads=4, timeout=3)
+        task = get_task("cifar10")
+        clean = dl.download(tmp_path / "cands.parquet", task, cfg, tmp_path / "clean")
+        # interrupted after every round finished, before the shards: the rounds stay
+        real_write = dl._write_shards
+        monkeypatch.setattr(dl, "_write_shards", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            dl.download(tmp_path / "cands.parquet", task, cfg.model_copy(update={"keep_rounds": True}), tmp_path / "cut")
+        monkeypatch.setattr(dl, "_write_shards", real_write)
+    finally:
+        server.close()
+    # resumed with the image server gone: everything comes from the finished rounds
+    resumed = dl.download(tmp_path / "cands.parquet", task, cfg.model_copy(update={"keep_rounds": True}), tmp_path / "cut")
+    assert resumed["per_class"] == clean["per_class"] and resumed["kept"] == clean["kept"] == 30
+    assert clean["per_class"]["airplane"] == 2 and sorted(clean["per_class"].values())[-2:] == [3, 4]  # made up
+    assert not clean["total_shortfall"] and "airplane" in clean["shortfall"]
+    assert (tmp_path / "cut" / "_rounds").is_dir() and not (tmp_path / "clean" / "_rounds").exists()
+    # other settings never reuse, nor overwrite, a download made with these
+    with pytest.raises(SynthimgError, match="rounds of other candidates or settings"):
+        dl.download(tmp_path / "cands.parquet", task, cfg.model_copy(update={"per_class": 4, "keep_rounds": True}),
+                    tmp_path / "cut")
+    with pytest.raises(SynthimgError, match="complete download of other candidates or settings"):
+        dl.download(tmp_path / "cands.parquet", task, cfg.model_copy(update={"per_class": 4}), tmp_path / "clean")
+
+
+def test_index_serve_answers_a_missing_index_kind_with_a_400(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from synthimg.retrieval.index import LocalIndex, build_index, embed_shards
+    from synthimg.retrieval.serve import make_server
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "col", n=10, maxcount=10)
+    cfg = IndexConfig(model="synthimg-tiny-vit", pretrained=None)
+    embed_shards(tmp_path / "col", tmp_path / "idx", cfg)
+    build_index(tmp_path / "idx", cfg)
+    server = make_server({"idx": LocalIndex(tmp_path / "idx")}, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = json.dumps({"text": "a cat", "modality": "text", "num_images": 3, "indice_name": "idx"}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/knn-service", data=body)
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code == 400 and "no text index" in json.loads(info.value.read())["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

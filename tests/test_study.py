@@ -181,6 +181,7 @@ def test_paper_config_numbers():
     ({"arms": {"a": {"source": "synthetic", "pool_per_class": 1}}, "scales": [1000]}, "cannot be met"),
     ({"arms": {"a": {"source": "retrieved"}}, "scales": [200000],
       "base": {"curate": {"cap": 100}}}, "above its cap"),
+    ({"arms": {"a": {"source": "retrieved"}}, "scales": ["all"]}, "only the scale 'all'"),
     ({"arms": {"a": {"source": "mixed", "mix": {"b": 0.5, "c": 0.5}}}}, "not a non-mixed arm"),
     ({"base": {"train": {"lrr": 1}}}, "unknown config key 'train.lrr'"),
     ({"bogus": 1}, "unknown config key 'bogus'"),

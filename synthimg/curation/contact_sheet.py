@@ -40,8 +40,8 @@ def draw_contact_sheet(
         return None
     if threshold is not None and "desc_sim" in scores:
         column, match, thr = "desc_sim", "desc_match", threshold
-    else:
-        column, match, thr = "phash_sim", "phash_match", cfg.phash_threshold
+    else:  # the nearest hash variant's image; DROP when the match was confirmed by the thumbnails
+        column, match, thr = "phash_sim", "phash_nearest", cfg.phash_threshold
     picked = scores.assign(gap=(scores[column] - thr).abs()).nsmallest(cfg.contact_pairs, "gap")
     cands = {r["key"]: r["image"] for r in shard_pipeline(shard_dir, keys=list(picked["key"]))}
     evals = _eval_images(source, set(picked[match]))
@@ -55,7 +55,8 @@ def draw_contact_sheet(
         sheet.paste(cands[r.key].convert("RGB").resize((THUMB, THUMB)), (0, y))
         sheet.paste(evals[getattr(r, match)].convert("RGB").resize((THUMB, THUMB)), (THUMB, y))
         sim = getattr(r, column)
-        verdict = "DROP" if sim >= thr else "keep"
+        dropped = bool(r.phash_match) if column == "phash_sim" else sim >= thr
+        verdict = "DROP" if dropped else "keep"
         draw.text((2 * THUMB + 6, y + 8), f"{verdict} {column} {sim:.4f}", fill="black")
         draw.text((2 * THUMB + 6, y + 28), f"cand {r.key}", fill="black")
         draw.text((2 * THUMB + 6, y + 48), f"eval {getattr(r, match)}", fill="black")

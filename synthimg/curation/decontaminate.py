@@ -11,6 +11,7 @@ pairs nearest the threshold for a human to check.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -22,18 +23,29 @@ import numpy as np
 import pandas as pd
 
 from synthimg.config import CurateConfig
-from synthimg.curation.descriptors import create_descriptor, crop_variants, phash_codes
+from synthimg.curation.descriptors import create_descriptor
+from synthimg.curation.phash import (
+    agreement,
+    candidate_thumbs,
+    crop_boxes,
+    crop_variants,
+    eval_thumbs,
+    mirror,
+    phash_codes,
+)
 from synthimg.data.manifest import merge_columns, read_manifest, write_keys
 from synthimg.errors import SynthimgError
 from synthimg.tasks.spec import TaskSpec
 
+log = logging.getLogger("synthimg.curate")
+
 
 class Describe:
-    """Per-image transform run in loader workers: the descriptor tensor and pHash codes.
+    """Per-image transform run in loader workers: the descriptor tensor, pHash codes and thumbnails.
 
-    For a candidate: its hash and its mirrored image's. For an evaluation image
-    (``crops`` given): the hashes of all its crop variants, and nothing mirrored (the
-    candidate side covers flips).
+    For a candidate: its hash and its mirrored image's, and the thumbnails that confirm a
+    match. For an evaluation image (``crops`` given): the hashes of all its crop variants and
+    its thumbnails; nothing mirrored (the candidate side covers flips).
     """
 
     def __init__(self, transform: Any, phash: bool, bits: int = 64, crops: list[float] | None = None):
@@ -44,8 +56,9 @@ class Describe:
         if not self.phash:
             return tensor, None, None
         if self.crops is not None:
-            return tensor, phash_codes(crop_variants(image, self.crops), bits=self.bits), None
-        return tensor, phash_codes([image], bits=self.bits)[0], phash_codes([image], mirrored=True, bits=self.bits)[0]
+            return tensor, phash_codes(crop_variants(image, self.crops), bits=self.bits), eval_thumbs(image)
+        codes = (phash_codes([image], bits=self.bits)[0], phash_codes([image], mirrored=True, bits=self.bits)[0])
+        return tensor, codes, candidate_thumbs(image)
 
 
 @dataclass
@@ -117,6 +130,7 @@ class EvalIndex:
     keys: list[str]
     phash: Any = None
     owners: Any = None  # pHash variant -> evaluation image
+    thumbs: list[Any] = field(default_factory=list)  # per evaluation image: (64 px luminance, 16 px colour)
     descriptor: Any = None
 
 
@@ -129,14 +143,16 @@ def build_eval_index(source: EvalSource, descriptor: Any, cfg: CurateConfig) -> 
     keys: list[str] = []
     codes: list[np.ndarray] = []
     owners: list[int] = []  # the evaluation image of each hashed variant
+    index_thumbs: list[Any] = []
     feats: list[np.ndarray] = []
     for prefix, dataset in source.datasets(transform):
         workers = min(cfg.workers, getattr(dataset, "num_shards", cfg.workers))
         for batch_keys, items in _batches(dataset, cfg.batch_size, workers):
-            for k, (_, variants, _) in zip(batch_keys, items):
+            for k, (_, variants, thumbs) in zip(batch_keys, items):
                 if cfg.phash:
                     codes.append(variants)
                     owners.extend([len(keys)] * len(variants))
+                    index_thumbs.append(thumbs)
                 keys.append(prefix + k)
             if descriptor is not None:
                 feats.append(descriptor(torch.stack([t for t, _, _ in items])))
@@ -148,8 +164,11 @@ def build_eval_index(source: EvalSource, descriptor: Any, cfg: CurateConfig) -> 
         index.phash = faiss.index_binary_factory(cfg.phash_bits, cfg.phash_index)
         if not index.phash.is_trained:
             index.phash.train(x)
+        if hasattr(index.phash, "nprobe"):
+            index.phash.nprobe = cfg.phash_nprobe
         index.phash.add(x)
         index.owners = np.asarray(owners, dtype=np.int64)
+        index.thumbs = index_thumbs
     if descriptor is not None:
         x = np.ascontiguousarray(np.concatenate(feats), dtype=np.float32)
         index.descriptor = faiss.index_factory(x.shape[1], cfg.index_factory, faiss.METRIC_INNER_PRODUCT)
@@ -177,11 +196,7 @@ def search_candidates(
         for batch_keys, items in _batches(dataset, cfg.batch_size, min(cfg.workers, dataset.num_shards)):
             part: dict[str, Any] = {"key": batch_keys}
             if index.phash is not None:
-                d1, i1 = index.phash.search(np.stack([c for _, c, _ in items]), 1)
-                d2, i2 = index.phash.search(np.stack([m for _, _, m in items]), 1)
-                best = np.where(d1[:, 0] <= d2[:, 0], i1[:, 0], i2[:, 0])
-                part["phash_sim"] = 1.0 - np.minimum(d1[:, 0], d2[:, 0]) / float(cfg.phash_bits)
-                part["phash_match"] = [index.keys[index.owners[i]] if i >= 0 else "" for i in best]
+                part.update(_phash_matches(items, index, cfg))
             if index.descriptor is not None:
                 sims, ids = index.descriptor.search(descriptor(torch.stack([t for t, _, _ in items])), 1)
                 part["desc_sim"] = sims[:, 0]
@@ -193,12 +208,45 @@ def search_candidates(
     return table
 
 
+def _phash_matches(items: list[Any], index: EvalIndex, cfg: CurateConfig) -> dict[str, Any]:
+    """Per candidate: the nearest hash (``phash_sim``) and the best confirmed match within the threshold.
+
+    The ``phash_k`` nearest variants of the candidate and of its mirror are tried in order of
+    distance; the first whose thumbnails agree (luminance correlation, colour) is the match.
+    """
+    bits = float(cfg.phash_bits)
+    limit = round((1 - cfg.phash_threshold) * bits)
+    boxes = crop_boxes(cfg.phash_crops)
+    d1, i1 = index.phash.search(np.stack([c for _, (c, _), _ in items]), cfg.phash_k)
+    d2, i2 = index.phash.search(np.stack([m for _, (_, m), _ in items]), cfg.phash_k)
+    nearest, nearest_key, matches, confirmed, correlation = [], [], [], [], []
+    for n, (_, _, thumbs) in enumerate(items):
+        tries = sorted([(d, i, False) for d, i in zip(d1[n], i1[n]) if i >= 0]
+                       + [(d, i, True) for d, i in zip(d2[n], i2[n]) if i >= 0])
+        nearest.append(1.0 - tries[0][0] / bits if tries else 0.0)
+        nearest_key.append(index.keys[int(index.owners[tries[0][1]])] if tries else "")
+        found = ("", 0.0, float("nan"))
+        for d, i, flipped in tries:
+            if d > limit:
+                break
+            owner = int(index.owners[i])
+            ncc, colour = agreement(mirror(thumbs) if flipped else thumbs, index.thumbs[owner], boxes[i % len(boxes)])
+            if ncc >= cfg.phash_verify_ncc and colour <= cfg.phash_verify_colour:
+                found = (index.keys[owner], 1.0 - d / bits, ncc)
+                break
+        matches.append(found[0])
+        confirmed.append(found[1])
+        correlation.append(found[2])
+    return {"phash_sim": nearest, "phash_nearest": nearest_key, "phash_match": matches,
+            "phash_confirmed_sim": confirmed, "phash_ncc": correlation}
+
+
 def decide(scores: pd.DataFrame, descriptor_name: str, threshold: float | None, cfg: CurateConfig) -> pd.DataFrame:
     """The dropped rows: key, match_key, similarity, descriptor (pHash wins when both fire)."""
     out = []
     for row in scores.itertuples(index=False):
-        if cfg.phash and row.phash_sim >= cfg.phash_threshold:
-            out.append((row.key, row.phash_match, float(row.phash_sim), "phash"))
+        if cfg.phash and row.phash_match:  # a hash match within the threshold, confirmed by the thumbnails
+            out.append((row.key, row.phash_match, float(row.phash_confirmed_sim), "phash"))
         elif threshold is not None and row.desc_sim >= threshold:
             out.append((row.key, row.desc_match, float(row.desc_sim), descriptor_name))
     return pd.DataFrame(out, columns=["key", "match_key", "similarity", "descriptor"])
@@ -241,11 +289,17 @@ def decontaminate(
         "kept_decontam": ~scores["key"].isin(set(dropped["key"])),
     }))
     per_class = _per_class(manifest, dropped)
+    by = dropped["descriptor"].value_counts().to_dict()
+    phash_rate = by.get("phash", 0) / max(1, len(scores))
+    if phash_rate > 0.05:  # far above what test sets share with the web (Table 1): likely look-alikes, not copies
+        log.warning("the pHash pass dropped %.1f%% of %d candidates; plain-background images (product shots) can look "
+                    "alike to it: check %s and prefer a trained descriptor (curate.descriptor isc or clip)",
+                    100 * phash_rate, len(scores), out / "contact_sheet.png")
     stats = {
         "count": len(manifest), "successes": len(scores), "dropped": len(dropped), "kept": len(kept),
         "eval_images": len(index.keys), "descriptor": descriptor.name if descriptor else "none", "threshold": threshold,
         "phash": cfg.phash, "phash_threshold": cfg.phash_threshold,
-        "dropped_by": dropped["descriptor"].value_counts().to_dict(),
+        "dropped_by": by, "phash_drop_rate": round(phash_rate, 5),
         "skipped": scores.attrs.get("skipped", {}), "duration": round(time.time() - start, 3),
         "gpu_seconds": round(time.time() - start, 3) if descriptor is not None else 0.0,  # a rerun redoes it all
         "candidates_per_sec": round(len(scores) / search_s, 1) if search_s > 0 else None,

@@ -6,11 +6,7 @@
 - ``isc``: the paper's descriptor, ``isc_ft_v107`` (EfficientNetV2-M via timm, GeM pooling,
   256-d projection, BatchNorm, L2), from a local weights file the user supplies; the
   paper's threshold 0.604169 on cosine similarity.
-- pHash (imagehash): DCT hashes (256 bits by default) compared by Hamming distance with a
-  faiss binary index. Evaluation images are hashed whole and cropped by every combination of
-  ``curate.phash_crops`` per side, candidates as they are and mirrored, so exact, resized,
-  recompressed, recoloured, cropped (up to about 10% a side) and flipped copies are caught
-  without any model.
+- The model-free pHash pass lives in :mod:`synthimg.curation.phash`.
 """
 
 from __future__ import annotations
@@ -25,6 +21,8 @@ from synthimg.errors import SynthimgError
 from synthimg.registry import Registry
 
 ISC_THRESHOLD = 0.604169  # paper Sec. 3.3, Table 1
+ISC_BACKBONE = "tf_efficientnetv2_m.in21k_ft_in1k"  # v107's arch (timm's current name for tf_efficientnetv2_m_in21ft1k)
+ISC_IMAGE_SIZE = 512
 DESCRIPTORS = Registry("descriptor")
 register = DESCRIPTORS.register
 
@@ -91,10 +89,16 @@ def load_isc_checkpoint(path: Path) -> dict[str, Any]:
 
     import torch
 
+    import pickle
+
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5: scoped to this load
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # torch 2.4: only the process-wide allow-list exists
+            torch.serialization.add_safe_globals([argparse.Namespace])
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling refusal is a one-line user error
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SynthimgError(f"cannot load ISC weights {path}: {first[:200]}") from None
     return ckpt if isinstance(ckpt, dict) else {"state_dict": ckpt}
@@ -104,9 +108,9 @@ def load_isc_checkpoint(path: Path) -> dict[str, Any]:
 class IscDescriptor:
     """The paper's copy-detection descriptor, from a local ``isc_ft_v107`` weights file.
 
-    The backbone and input size come from the checkpoint (``arch``, ``args.input_size``:
-    ``tf_efficientnetv2_m_in21ft1k`` at 512 px for v107) when it names them, else from
-    ``curate.isc_backbone`` and ``curate.isc_image_size``.
+    The backbone and input size are ``curate.isc_backbone`` / ``curate.isc_image_size`` when
+    set, else the checkpoint's (``arch``, ``args.input_size``: ``tf_efficientnetv2_m_in21ft1k``
+    at 512 px for v107), else v107's.
     """
 
     name = "isc"
@@ -122,8 +126,9 @@ class IscDescriptor:
             raise SynthimgError(f"ISC weights not found: {path}")
         ckpt = load_isc_checkpoint(path)
         args = ckpt.get("args")
-        self.backbone = str(ckpt.get("arch") or cfg.isc_backbone)
-        self.image_size = int(getattr(args, "input_size", 0) or cfg.isc_image_size)
+        # an explicit setting wins; then the checkpoint's own; then v107's (EfficientNetV2-M at 512 px)
+        self.backbone = str(cfg.isc_backbone or ckpt.get("arch") or ISC_BACKBONE)
+        self.image_size = int(cfg.isc_image_size or getattr(args, "input_size", 0) or ISC_IMAGE_SIZE)
         net = isc_net(self.backbone)
         state = ckpt.get("state_dict", ckpt)
         state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -146,28 +151,3 @@ class IscDescriptor:
 
         with torch.no_grad():
             return self.model(images.to(self.device)).float().cpu().numpy()
-
-
-def phash_codes(images: list[Any], mirrored: bool = False, bits: int = 64) -> np.ndarray:
-    """Perceptual hashes as uint8 rows [N, bits / 8] (faiss binary format)."""
-    import imagehash
-    from PIL import ImageOps
-
-    side = int(round(bits ** 0.5))
-    rows = []
-    for img in images:
-        h = imagehash.phash(ImageOps.mirror(img) if mirrored else img, hash_size=side)
-        rows.append(np.packbits(h.hash.flatten()))
-    return np.stack(rows).astype(np.uint8) if rows else np.zeros((0, bits // 8), np.uint8)
-
-
-def crop_variants(image: Any, fractions: list[float]) -> list[Any]:
-    """The image cropped by every combination of ``fractions`` on its four sides (the uncropped one first)."""
-    import itertools
-
-    w, h = image.size
-    out = []
-    for left, top, right, bottom in itertools.product(sorted(set(fractions)), repeat=4):
-        box = (round(left * w), round(top * h), w - round(right * w), h - round(bottom * h))
-        out.append(image if box == (0, 0, w, h) else image.crop(box))
-    return out

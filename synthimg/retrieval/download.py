@@ -83,6 +83,7 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
     finished = _finished(out, inputs, cfg.keep_rounds)
     if finished is not None:  # a complete download of the same candidates: nothing to fetch again
         return finished
+    _refuse_other_inputs(out, inputs)
     cands = pd.read_parquet(path)
     missing = {"class_id", "url"} - set(cands.columns)
     if missing:
@@ -97,16 +98,23 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
     start = time.time()
     tried: set[int] = set()
     ok: dict[int, list[int]] = {c: [] for c in range(task.num_classes)}
+    quota = {c: cfg.per_class for c in range(task.num_classes)}
     results: list[pd.DataFrame] = []
     rounds_dir = out / "_rounds"
+    rounds_dir.mkdir(parents=True, exist_ok=True)
+    (rounds_dir / "inputs.txt").write_text(inputs)
     for r in range(cfg.max_rounds):
+        left = cands.loc[~cands["cand_id"].isin(tried)].groupby("class_id").size()
+        settled = all(len(ok[c]) >= quota[c] or left.get(c, 0) == 0 for c in quota)  # met, or out of candidates
+        if settled and not _top_up(quota, ok, left, cfg.total):
+            break
         folder = rounds_dir / f"round_{r:03d}"
         if (folder / "DONE").is_file():
             asked = pd.read_parquet(folder / "urls.parquet")
         else:
             picks = []
             for c in range(task.num_classes):
-                need = cfg.per_class - len(ok[c])
+                need = quota[c] - len(ok[c])
                 if need <= 0:
                     continue
                 pool = cands[(cands["class_id"] == c) & ~cands["cand_id"].isin(tried)]
@@ -120,14 +128,13 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
         results.append(res)
         for row in res[res["status"] == "success"].itertuples():
             c = int(cands.at[int(row.cand_id), "class_id"])
-            if len(ok[c]) < cfg.per_class:
+            if len(ok[c]) < quota[c]:
                 ok[c].append(int(row.cand_id))
-        if all(len(ok[c]) >= cfg.per_class for c in range(task.num_classes)):
-            break
     tried_rows = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
     _write_shards(cands, tried_rows, ok, task, cfg, out)
     sizes = finalize(out, task.classnames)
     per_class = {task.classnames[c]: len(v) for c, v in ok.items()}
+    kept_total = sum(per_class.values())
     statuses = tried_rows["status"].value_counts().to_dict() if not tried_rows.empty else {}
     stats = {
         "count": int(len(tried_rows)), "successes": int(statuses.get("success", 0)), "kept": sum(sizes.values()),
@@ -137,6 +144,7 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
         if not tried_rows.empty else {},
         "per_class": per_class, "quota": cfg.per_class,
         "shortfall": {k: cfg.per_class - v for k, v in per_class.items() if v < cfg.per_class},
+        "total_wanted": cfg.total, "total_shortfall": max(0, (cfg.total or 0) - kept_total),
         "rounds": len(results), "duration": round(time.time() - start, 3),
         "complete": True, "inputs_hash": inputs,
     }
@@ -146,6 +154,41 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
     if not cfg.keep_rounds:
         shutil.rmtree(rounds_dir, ignore_errors=True)
     return stats
+
+
+def _top_up(quota: dict[int, int], ok: dict[int, list[int]], left: pd.Series, total: int | None) -> bool:
+    """Raise the quotas of classes that still have untried candidates (``left``) until ``total`` images are kept.
+
+    Every class has met its quota or run out when this is asked. Short classes are made up
+    by the others, as the subsets fill a short class from the rest. False: nothing to raise.
+    """
+    kept = sum(len(v) for v in ok.values())
+    if total is None or kept >= total:
+        return False
+    open_classes = [c for c in quota if left.get(c, 0) > 0 and len(ok[c]) >= quota[c]]
+    if not open_classes:
+        return False
+    share, rest = divmod(total - kept, len(open_classes))
+    for n, c in enumerate(sorted(open_classes)):  # exactly the deficit: the first `rest` classes one more
+        quota[c] += share + (1 if n < rest else 0)
+    return True
+
+
+def _refuse_other_inputs(out: Path, inputs: str) -> None:
+    """Rounds or a complete download of other candidates or settings are not ours to reuse, nor to overwrite."""
+    marker = out / "_rounds" / "inputs.txt"
+    if marker.is_file() and marker.read_text().strip() != inputs:
+        raise SynthimgError(f"{out} holds download rounds of other candidates or settings; use another --out, "
+                            f"or delete {out / '_rounds'} to start over")
+    stats = out / "download_stats.json"
+    if stats.is_file() and not marker.is_file():
+        try:
+            done = json.loads(stats.read_text())
+        except ValueError:
+            return
+        if done.get("complete") and done.get("inputs_hash") != inputs:
+            raise SynthimgError(f"{out} holds a complete download of other candidates or settings; use another "
+                                "--out, or delete the folder to download again")
 
 
 def _inputs_hash(candidates: Path, cfg: DownloadConfig) -> str:

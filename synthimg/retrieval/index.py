@@ -174,6 +174,8 @@ class LocalIndex:
                 if hasattr(index, "nprobe"):
                     index.nprobe = nprobe
                 self.indexes[kind] = index
+                if kind == "text" and not (self.folder / meta_dir).is_dir():
+                    meta_dir = "metadata"  # clip-retrieval's layout: both indexes are aligned with one metadata
                 files = sorted((self.folder / meta_dir).glob("*.parquet"))
                 self.metadata[kind] = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
         if not self.indexes:
@@ -216,7 +218,7 @@ class LocalIndex:
                     if i < 0:
                         continue
                     row = meta.iloc[int(i)] if meta is not None else {}
-                    out[q].append({"id": f"{kind}:{int(i)}", "row": int(i), "similarity": float(s),
+                    out[q].append({"id": f"{kind}:{int(i)}", "row": int(i), "upstream_id": str(int(i)), "similarity": float(s),
                                    "url": str(row.get("url", f"{kind}:{i}")), "caption": str(row.get("caption", "")),
                                    "index": kind, "rank": rank, "NSFW": row.get("NSFW") if has_nsfw else None})
                     rank += 1

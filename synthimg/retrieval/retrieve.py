@@ -27,7 +27,8 @@ from synthimg.registry import Registry
 from synthimg.tasks.spec import TaskSpec
 
 BACKENDS = Registry("retrieval backend")
-COLUMNS = ["class_id", "class_name", "url", "caption", "query", "similarity", "index", "rank", "backend", "upstream_id"]
+COLUMNS = ["class_id", "class_name", "url", "caption", "query", "similarity", "index", "rank", "found_by", "backend",
+           "upstream_id"]
 _INDEX_ORDER = {"image": 0, "text": 1}
 
 
@@ -61,7 +62,7 @@ class _Collector:
             self.rows[c][key] = {"class_id": c, "class_name": self.task.classnames[c], "url": h["url"],
                                  "caption": h.get("caption", ""), "query": query, "similarity": h.get("similarity"),
                                  "index": h.get("index"), "rank": rank, "backend": self.backend,
-                                 "upstream_id": str(h.get("id", h.get("upstream_id", "")))}
+                                 "upstream_id": str(h.get("upstream_id", h.get("id", "")))}
 
     def count(self, c: int) -> int:
         return len({r["url"] for r in self.rows[c].values()})
@@ -70,12 +71,15 @@ class _Collector:
         """Best first by rank (the indexes interleaved, never by comparing their cosines), one row per url."""
         out = []
         for c in range(self.task.num_classes):
-            seen: set[str] = set()
+            kept: dict[str, dict[str, Any]] = {}
             ranked = sorted(self.rows[c].values(), key=lambda r: (r["rank"], _INDEX_ORDER.get(r["index"], 2)))
             for r in ranked:
-                if r["url"] not in seen:  # one image under two ids (found by both indexes): keep the better rank
-                    seen.add(r["url"])
-                    out.append(r)
+                first = kept.get(r["url"])
+                if first is None:  # one image under two ids (found by both indexes): keep the better rank
+                    kept[r["url"]] = {**r, "found_by": r["index"]}
+                elif r["index"] and r["index"] not in (first["found_by"] or "").split(","):
+                    first["found_by"] = ",".join(filter(None, [first["found_by"], r["index"]]))
+            out += kept.values()
         return pd.DataFrame(out, columns=COLUMNS)
 
 
@@ -107,8 +111,10 @@ def knn_backend(task: TaskSpec, cfg: RetrieveConfig) -> _Collector:
     def search(query: str, k: int) -> list[dict[str, Any]]:
         hits = []
         for modality in cfg.indexes:  # one request per index: the union of each one's top-k
+            # the rank is the position in the service's answer, after its own dedup and safety filter
             for rank, h in enumerate(client.query(text=query, num_images=k, modality=modality)):
-                hits.append({**h, "id": f"{modality}:{h.get('id', h.get('url'))}", "index": modality, "rank": rank})
+                raw = h.get("id", h.get("url"))
+                hits.append({**h, "id": f"{modality}:{raw}", "upstream_id": str(raw), "index": modality, "rank": rank})
         return sorted(hits, key=lambda h: (h["rank"], _INDEX_ORDER[h["index"]]))
 
     return _semantic(task, cfg, search, "knn")

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from synthimg.errors import SynthimgError
 from synthimg.retrieval.index import LocalIndex
 
 
@@ -30,7 +31,7 @@ def make_server(indexes: dict[str, LocalIndex], host: str = "127.0.0.1", port: i
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 self._send(200, self._answer(body))
-            except (ValueError, KeyError) as err:
+            except (ValueError, KeyError, SynthimgError) as err:  # a bad request, or an index kind we lack
                 self._send(400, {"error": str(err)})
 
         def _answer(self, body: dict[str, Any]) -> list[dict[str, Any]]:

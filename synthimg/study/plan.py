@@ -53,7 +53,8 @@ SECTIONS: dict[str, list[str]] = {
 }
 # Paths and bookkeeping that do not change what a step computes.
 UNHASHED = {"train.logs", "train.name", "train.resume", "train.data", "train.keys", "train.workers", "eval.workers",
-            "curate.workers", "index.workers", "download.processes", "download.threads", "train.report_to"}
+            "curate.workers", "index.workers", "download.processes", "download.threads", "download.keep_rounds",
+            "train.report_to"}
 
 
 @dataclass
@@ -90,10 +91,15 @@ def _strip(data: Any, prefix: str) -> Any:
     return data
 
 
+# A substring scan takes every caption match: its quotas and kNN settings change nothing it finds.
+SUBSTRING_RETRIEVE = ["task", "retrieve.backend", "retrieve.metadata"]
+
+
 def step_hash(kind: str, cfg: Config, upstream: list[str], extra: dict[str, Any] | None = None) -> str:
     """The hash of the sections ``kind`` reads, its inputs' hashes and ``extra`` (scale, seed, ...)."""
     data = to_dict(cfg)
-    picked = {key: _strip(_pick(data, key), key) for key in SECTIONS[kind]}
+    sections = SUBSTRING_RETRIEVE if kind == "retrieve" and cfg.retrieve.backend == "substring" else SECTIONS[kind]
+    picked = {key: _strip(_pick(data, key), key) for key in sections}
     return config_hash({"kind": kind, "sections": picked, "upstream": upstream, "extra": extra or {}}, 10)
 
 
@@ -203,9 +209,11 @@ class Planner:
         cfg = s.stage_config(name)
         n_classes = _num_classes(s.task)
         size = self.sizes[name]
+        synthetic = arm.source == "synthetic"
         check = PoolCheck(name, size.needed, n_classes, cfg.curate.top if arm.filters else None,
                           cfg.curate.cap if arm.filters else None, decontam_keep(arm, s.losses),
-                          cfg.generate.images_per_caption if arm.source == "synthetic" else 1)
+                          cfg.generate.images_per_caption if synthetic else 1,
+                          s.losses.generate_drop if synthetic else 0.0, cfg.retrieve.backend)
         if arm.source == "synthetic":
             per_caption = cfg.generate.images_per_caption
             cfg.captions.per_class = -(-size.made_per_class // per_caption)
@@ -230,6 +238,7 @@ class Planner:
             if "per_class" not in cfg.retrieve.model_fields_set:  # URLs to find: the quota over the link success
                 cfg.retrieve.per_class = size.candidates_per_class  # type: ignore[assignment]
             cfg.download.per_class = size.made_per_class
+            cfg.download.total = size.made_per_class * n_classes  # short classes are made up by the others
             deps = []
             if arm.index is not None:
                 argv = ["index", "build", "--out", "{out}"]
@@ -355,8 +364,6 @@ class Planner:
                          extra={"eval_root": s.eval_root, "scales": scales, "seed": seed},
                          work={"inference": sum(n if n != ALL else self.sizes[name].expected_post for n in scales)
                                + s.estimates.eval_images})
-
-
 
 
 def _num_classes(task: str) -> int:

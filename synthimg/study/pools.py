@@ -19,13 +19,19 @@ that stops a study before any GPU work when a cell cannot be met.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from synthimg.config import Config
 from synthimg.errors import SynthimgError
+from synthimg.study.spec import ALL
 
-ALL = "all"
+if TYPE_CHECKING:
+    from synthimg.study.plan import Step
+    from synthimg.study.spec import ArmSpec, LossSpec, StudyConfig
 
 
 @dataclass
@@ -40,24 +46,34 @@ class PoolSize:
     auto: bool
 
 
-def decontam_keep(arm: Any, losses: Any) -> float:
+def decontam_keep(arm: ArmSpec, losses: LossSpec) -> float:
     """Fraction of the filtered images expected to pass decontamination (1 for arms not decontaminated)."""
     return 1 - losses.decontam_drop - losses.phash_drop if arm.decontaminates else 1.0
 
 
-def expected_after_curation(made_per_class: int, classes: int, arm: Any, cfg: Any, losses: Any) -> int:
+def kept_per_class(made: int, top: float | None, cap: int | None, keep: float, generate_drop: float = 0.0) -> int:
+    """Images of one class left after the safety drops, the filter (``top``, then ``cap``) and decontamination."""
+    survived = made * (1 - generate_drop)
+    kept = math.ceil(top * survived) if top is not None else survived
+    if cap is not None:
+        kept = min(kept, cap)
+    return int(math.floor(kept * keep))
+
+
+def expected_after_curation(made_per_class: int, classes: int, arm: ArmSpec, cfg: Config, losses: LossSpec) -> int:
     """Images expected after filter, cap and decontamination, from ``made_per_class`` downloaded or generated."""
-    survived = made_per_class * (1 - losses.generate_drop) if arm.source == "synthetic" else float(made_per_class)
-    kept = math.ceil(cfg.curate.top * survived) if arm.filters else survived
-    if arm.filters and cfg.curate.cap is not None:
-        kept = min(kept, cfg.curate.cap)
-    return int(math.floor(kept * decontam_keep(arm, losses))) * classes
+    drop = losses.generate_drop if arm.source == "synthetic" else 0.0
+    top, cap = (cfg.curate.top, cfg.curate.cap) if arm.filters else (None, None)
+    return kept_per_class(made_per_class, top, cap, decontam_keep(arm, losses), drop) * classes
 
 
-def size_pool(name: str, arm: Any, cfg: Any, classes: int, needed: int, losses: Any) -> PoolSize:
+def size_pool(name: str, arm: ArmSpec, cfg: Config, classes: int, needed: int, losses: LossSpec) -> PoolSize:
     """Per-class quotas that cover ``needed`` images after curation (or the arm's explicit ``pool_per_class``)."""
     if arm.pool_per_class is not None:
         made, auto = arm.pool_per_class, False
+    elif not needed:
+        raise SynthimgError(f"arm {name!r} has only the scale 'all': give arms.{name}.pool_per_class, the images to "
+                            "make per class (everything that survives their curation is then used)")
     else:
         per_class = math.ceil(needed * (1 + losses.margin) / classes)
         after_filter = per_class / decontam_keep(arm, losses)
@@ -74,12 +90,9 @@ def size_pool(name: str, arm: Any, cfg: Any, classes: int, needed: int, losses: 
     return PoolSize(name, made, candidates, expected_after_curation(made, classes, arm, cfg, losses), needed, auto)
 
 
-def shards_pool(name: str, arm: Any, cfg: Any, classes: int, needed: int, losses: Any) -> PoolSize:
+def shards_pool(name: str, arm: ArmSpec, cfg: Config, classes: int, needed: int, losses: LossSpec) -> PoolSize:
     """A ``shards`` arm's pool: what its manifest holds (unknown until the folder exists)."""
-    import json
-    from pathlib import Path
-
-    sizes = Path(arm.shards) / "sizes.json"
+    sizes = Path(arm.shards or "") / "sizes.json"
     total = sum(json.loads(sizes.read_text()).values()) if sizes.is_file() else 0
     made = math.ceil(total / classes) if total else 0
     return PoolSize(name, made, None, expected_after_curation(made, classes, arm, cfg, losses) if made else 0,
@@ -90,8 +103,8 @@ def shards_pool(name: str, arm: Any, cfg: Any, classes: int, needed: int, losses
 class PoolCheck:
     """Run after an arm's pool step (captions or download): stops the arm before GPU work when it falls short.
 
-    Counts per class come from the step's stats; the same forward chain as the plan tells
-    how many images survive curation.
+    Counts per class come from the step's stats; the same forward chain as the plan
+    (:func:`kept_per_class`) tells how many images survive curation.
     """
 
     arm: str
@@ -101,20 +114,14 @@ class PoolCheck:
     cap: int | None
     keep: float
     per_item: int = 1  # images per caption
+    generate_drop: float = 0.0
+    backend: str | None = None  # retrieved: what more candidates would take
 
     def expected(self, per_class: list[int]) -> int:
-        total = 0
-        for n in per_class:
-            n *= self.per_item
-            kept = math.ceil(self.top * n) if self.top is not None else n
-            if self.cap is not None:
-                kept = min(kept, self.cap)
-            total += int(math.floor(kept * self.keep))
-        return total
+        return sum(kept_per_class(n * self.per_item, self.top, self.cap, self.keep, self.generate_drop)
+                   for n in per_class)
 
-    def __call__(self, step: Any) -> None:
-        import json
-
+    def __call__(self, step: Step) -> None:
         folder = step.outputs[0].parent
         stats_file = folder / ("download_stats.json" if step.kind == "download" else "captions_stats.json")
         if not self.needed or not stats_file.is_file():
@@ -122,14 +129,19 @@ class PoolCheck:
         per_class = list(json.loads(stats_file.read_text())["per_class"].values())
         expected = self.expected(per_class)
         if expected < self.needed:
+            if step.kind == "captions":
+                hint = "the LLM ran out of new captions: raise captions.max_rounds or lower the scale"
+            elif self.backend == "substring":
+                hint = "the metadata holds no more caption matches: lower the scale or add metadata"
+            else:
+                hint = "add candidates (retrieve.per_class, retrieve.max_k) or lower the scale"
             what = "downloaded" if step.kind == "download" else "captioned"
             raise SynthimgError(
                 f"arm {self.arm!r}: the {what} pool gives about {expected:,} images after curation, short of the "
-                f"{self.needed:,}-image cell; add candidates (retrieve.per_class, retrieve.max_k) or lower the scale "
-                f"(stopped before any GPU work on this arm)")
+                f"{self.needed:,}-image cell; {hint} (stopped before any GPU work on this arm)")
 
 
-def caption_work(cfg: Any, task_name: str, captions: int) -> dict[str, float]:
+def caption_work(cfg: Config, task_name: str, captions: int) -> dict[str, float]:
     """LLM tokens for ``captions`` SynCLR-style captions: prompt tokens and (at most) new tokens."""
     from synthimg.synthetic.prompting import PromptBuilder
     from synthimg.tasks import get_task
@@ -142,7 +154,7 @@ def caption_work(cfg: Any, task_name: str, captions: int) -> dict[str, float]:
     return {"llm_prompt_tokens": prompts * prompt_tokens, "llm_new_tokens": prompts * cfg.captions.max_new_tokens}
 
 
-def background_work(cfg: Any, task_name: str) -> dict[str, float]:
+def background_work(cfg: Config, task_name: str) -> dict[str, float]:
     """LLM tokens for the background lists: about 15 places per completion of 100 tokens."""
     from synthimg.synthetic.backgrounds import background_prompt, resolve_scope
     from synthimg.tasks import get_task
@@ -162,26 +174,34 @@ CHARS_PER_TOKEN = 4.0
 PLACES_PER_100_TOKENS = 15.0
 
 
-def coverage_rows(study: Any, sizes: dict[str, PoolSize]) -> list[dict[str, Any]]:
-    """One row per (arm, scale): whether the planned pool covers it, and the margin."""
+def coverage_rows(study: StudyConfig, sizes: dict[str, PoolSize]) -> list[dict[str, Any]]:
+    """One row per (arm, scale): whether the planned pool covers it, and the margin.
+
+    An 'all' cell is the smallest expected pool of the arms that ask for 'all'; it is covered
+    when that is not empty.
+    """
+    everything = [n for n in sizes if ALL in study.arm_scales(n)]
+    smallest = min((sizes[n].expected_post for n in everything), default=0)
     rows = []
     for name, arm in study.arms.items():
         for scale in study.arm_scales(name):
             if arm.source == "mixed":
-                parts = {p: round(scale * f) if scale != ALL else ALL for p, f in arm.mix.items()}
+                parts = {p: round(scale * f) for p, f in arm.mix.items()}  # type: ignore[operator]
                 pools = {p: sizes[p].expected_post for p in parts}
-                ok = all(n == ALL or pools[p] >= n for p, n in parts.items())
-                margin = min((pools[p] / n - 1 for p, n in parts.items() if n != ALL), default=None)
-                rows.append({"arm": name, "scale": scale, "expected_pool": None, "covered": ok, "margin": margin,
-                             "from": ", ".join(f"{p}: {n:,}" if n != ALL else f"{p}: all" for p, n in parts.items())})
+                rows.append({"arm": name, "scale": scale, "expected_pool": None,
+                             "covered": all(pools[p] >= n for p, n in parts.items()),
+                             "margin": min(pools[p] / n - 1 for p, n in parts.items()),
+                             "from": ", ".join(f"{p}: {n:,}" for p, n in parts.items())})
                 continue
             pool = sizes[name].expected_post
+            origin = ("auto" if sizes[name].auto else f"renders {arm.init_from}" if arm.source == "sdedit"
+                      else "pool_per_class" if arm.pool_per_class else "the shards")
             if scale == ALL:
-                rows.append({"arm": name, "scale": ALL, "expected_pool": pool, "covered": True, "margin": None,
-                             "from": "everything that survives curation, equal across arms (the smaller arm)"})
+                rows.append({"arm": name, "scale": ALL, "expected_pool": smallest, "covered": smallest > 0,
+                             "margin": None, "from": f"all that survives, equal across {', '.join(everything)}"})
             else:
                 rows.append({"arm": name, "scale": scale, "expected_pool": pool, "covered": pool >= scale,
-                             "margin": pool / scale - 1, "from": "auto" if sizes[name].auto else "pool_per_class"})
+                             "margin": pool / scale - 1, "from": origin})
     return rows
 
 
@@ -192,6 +212,7 @@ def check_coverage(rows: list[dict[str, Any]]) -> None:
         r = short[0]
         pool = f"{r['expected_pool']:,}" if r["expected_pool"] is not None else "its parts' pools"
         more = f" (and {len(short) - 1} more cells)" if len(short) > 1 else ""
-        raise SynthimgError(f"arm {r['arm']!r}: the cell of {r['scale']:,} images cannot be met: the planned pool "
+        cell = "'all'" if r["scale"] == ALL else f"{r['scale']:,} images"
+        raise SynthimgError(f"arm {r['arm']!r}: the cell of {cell} cannot be met: the planned pool "
                             f"gives about {pool} after curation{more}; raise arms.{r['arm']}.pool_per_class or drop "
                             f"the cell (`synthimg study ... --dry-run` shows the coverage)")

@@ -29,10 +29,16 @@ DOMAIN_KEY = "backgrounds"
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])?\s*")
 
 
-def background_prompt(subject: str, count: int) -> str:
-    """The list prompt for one subject (a class's concept, or the task's domain noun)."""
-    return (f"List {count} different places or settings where a photo of {article(subject)} {subject} could be taken, "
-            "one short place per line.\n1.")
+def background_prompt(subject: str, count: int, known: list[str] | None = None) -> str:
+    """The list prompt for one subject (a class's concept, or the task's domain noun).
+
+    The places found so far (the last 20) are already numbered in it, so a base LM continues
+    the list instead of starting it again.
+    """
+    shown = (known or [])[-20:]
+    head = (f"List {count} different places or settings where a photo of {article(subject)} {subject} could be taken, "
+            "one short place per line.\n")
+    return head + "".join(f"{i + 1}. {place}\n" for i, place in enumerate(shown)) + f"{len(shown) + 1}."
 
 
 def parse_places(text: str, max_chars: int = 60) -> list[str]:
@@ -75,14 +81,20 @@ def make_backgrounds(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, llm: 
     subjects = _subjects(task, scope)
     places: dict[str, list[str]] = {k: [] for k in subjects}
     cursor: dict[str, Any] = {"round": 0, "batch": 0, "todo": None}
-    if out.is_file():
+    settings = {"scope": scope, "count": count, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                "max_rounds": cfg.max_rounds, "llm": cfg.llm or cfg.llm_url}
+    finished = out.is_file()
+    if finished:  # a finished file is not asked again, even if some lists came out short
         places.update({k: [str(x) for x in v][:count] for k, v in json.loads(out.read_text()).items() if k in places})
     elif partial.is_file():  # resume exactly where the interrupted run stopped: same rounds, same batches, same seeds
         saved = json.loads(partial.read_text())
-        places.update({k: v for k, v in saved["places"].items() if k in places})
-        cursor = saved["cursor"]
+        if saved.get("settings") == settings:
+            places.update({k: v for k, v in saved["places"].items() if k in places})
+            cursor = saved["cursor"]
+        else:
+            log.warning("%s was written with other settings: starting the backgrounds again", partial)
     start, tokens, asked = time.time(), 0, 0
-    if any(len(places[k]) < count for k in subjects):
+    if not finished and any(len(places[k]) < count for k in subjects):
         if llm is None:
             from synthimg.synthetic.llm import create_llm
 
@@ -96,7 +108,7 @@ def make_backgrounds(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, llm: 
                     break
                 for b in range(cursor["batch"], len(todo), cfg.batch_size):
                     batch = todo[b: b + cfg.batch_size]
-                    prompts = [background_prompt(subjects[k], count) for k in batch]
+                    prompts = [background_prompt(subjects[k], count, places[k]) for k in batch]
                     for key, text in zip(batch, llm.complete(prompts, hash_seed(cfg.seed, 7, round_, b))):
                         seen = {p.lower() for p in places[key]}
                         for place in parse_places(text):
@@ -108,7 +120,7 @@ def make_backgrounds(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, llm: 
                     nxt = {"round": round_, "batch": b + cfg.batch_size, "todo": todo}
                     if nxt["batch"] >= len(todo):
                         nxt = {"round": round_ + 1, "batch": 0, "todo": None}
-                    _atomic_json(partial, {"places": places, "cursor": nxt})
+                    _atomic_json(partial, {"places": places, "cursor": nxt, "settings": settings})
                 cursor = {"round": round_ + 1, "batch": 0, "todo": None}
         tokens = getattr(llm, "tokens", 0) - before
     short = {k: len(v) for k, v in places.items() if len(v) < count}
