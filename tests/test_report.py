@@ -71,7 +71,7 @@ def test_one_lr_per_cell_by_mean_val_and_retrieved_minus_synthetic(results, tmp_
     ref = stats.ttest_ind(r, s, equal_var=False).confidence_interval(0.95)
     assert d.diff_acc1 == pytest.approx(0.10) and (d.ci_low, d.ci_high) == pytest.approx((ref.low, ref.high))
     assert bool(d.excludes_zero)
-    assert any("retrieved - synthetic = +10.0 points" in n and "95% CI" in n and "excludes 0" in n for n in info["notes"])
+    assert any("retrieved - synthetic = +10.0 points" in n and "95% CI" in n and "excludes 0" in n for n in info["answer"])
 
     # the selected point without a test line is reported as missing, with a warning, not dropped
     assert info["missing"] == [{"dataset": "fgvc_aircraft", "model": "ViT-B-16", "arm": "retrieved", "finetune": "ce",
@@ -104,6 +104,30 @@ def test_report_tables_plots_and_html(results, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 and "41.0 ± 1.0" in page and "<table" in page
     assert not re.search(r"src='(?!data:)", page)  # nothing referenced outside the page
+    assert page.index("id='answer'") < page.index("<h2>Results</h2>") < page.index("<h2>Provenance</h2>")
+    for head in re.findall(r"<thead>(.*?)</thead>", page):  # one clean header row per table
+        assert head.count("<tr>") == 1 and "<th></th>" not in head
+        cells = re.findall(r"<th>(.*?)</th>", head)
+        assert len(cells) == len(set(cells)), cells
+    for body in re.findall(r"<tbody>(.*?)</tbody>", page):
+        assert body.count("<tr>") <= 10
+    assert "arm</th><th>images</th><th>ZS</th><th>LP</th><th>Δ vs baseline</th><th>retrieved − synthetic" in page
+
+
+def test_arm_colours_are_distinct_and_the_same_everywhere():
+    from synthimg.report.plots import arm_colours
+
+    kinds = {"retrieved": "retrieved", "retrieved_substring": "retrieved", "synthetic": "synthetic",
+             "target_train": "shards", "zeroshot_baseline": "baseline"}
+    colours = arm_colours(sorted(kinds), kinds)
+    assert len(set(colours.values())) == len(colours)
+    assert colours["zeroshot_baseline"] == "#888888"  # the baseline is grey, never an arm's colour
+
+
+def test_plain_tick_labels():
+    from synthimg.report.plots import plain_number
+
+    assert [plain_number(v) for v in (50, 120, 1000, 10000, 1.5e6, 0.002)] == ["50", "120", "1K", "10K", "1.5M", "0.002"]
 
 
 def test_arm_kind_comes_from_the_data_not_the_name(tmp_path):

@@ -114,6 +114,33 @@ def test_a_failed_cell_is_reported_and_the_others_go_on(world, tmp_path):
     assert [c[0] for c in again.calls] == ["train"] and stats["cells_done"] == 2
 
 
+class Noisy(Recorder):
+    """A step that talks the way libraries do: print, warnings, a C library writing to fd 2."""
+
+    def __call__(self, argv: list[str]) -> None:
+        import os
+
+        print("<|endoftext|> a token dump")
+        sys.stderr.write("lib.py:1: FutureWarning: a warning from a library\n")  # what warnings.warn prints
+        os.write(2, b"C-level noise\n")
+        super().__call__(argv)
+
+
+def test_step_output_goes_to_the_log_and_the_console_gets_one_line_per_step(world, tmp_path, capfd):
+    import re
+
+    study = load_study(_study(world, tmp_path / "q", scales=[20], seeds=[0], analysis=False, baseline=False))
+    lines: list[str] = []
+    stats = run_study(study, Noisy(), echo=lines.append, log_file=tmp_path / "q.log")
+    assert stats["cells_done"] == 2 and not stats["failed"]
+    console = capfd.readouterr()
+    assert "endoftext" not in console.out + console.err and "Warning" not in console.out + console.err
+    log = (tmp_path / "q.log").read_text()
+    assert "<|endoftext|> a token dump" in log and "FutureWarning" in log and "C-level noise" in log
+    steps = [x for x in lines if x.startswith("[")]
+    assert steps and all(re.match(r"^\[\s*\d+/\d+\] \d\d:\d\d \S+: done in ", x) for x in steps), steps
+
+
 def test_mixed_arm_trains_on_both_pools(world, tmp_path):
     study = load_study(_study(world, tmp_path / "m", scales=[20], seeds=[0], analysis=False, baseline=False,
                               arms={"synthetic": {"source": "shards", "shards": str(world / "armA")},

@@ -37,8 +37,8 @@ def distance_table(infos: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols).sort_values(["dataset", "arm", "num_train_images"]).reset_index(drop=True)
 
 
-def histogram_plots(infos: list[dict[str, Any]], out: Path) -> list[Path]:
-    """One figure per task: each arm's CLIP-score histogram (normalised), PNG and PDF."""
+def histogram_plots(infos: list[dict[str, Any]], out: Path, colours: dict[str, str] | None = None) -> list[Path]:
+    """One figure per task: each arm's CLIP-score histogram (normalised), PNG and PDF, in the report's arm colours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,7 @@ def histogram_plots(infos: list[dict[str, Any]], out: Path) -> list[Path]:
             h = info["clip_score_hist"]
             total = max(1, sum(h["counts"]))
             ax.stairs([c / total for c in h["counts"]], h["edges"], label=f"{info['arm']} (mean {h['mean']:.3f})",
-                      fill=False, linewidth=1.5)
+                      fill=False, linewidth=1.5, color=(colours or {}).get(info["arm"]))
         ax.set_xlabel("CLIP score against the class's templates")
         ax.set_ylabel("fraction of images")
         ax.set_title(f"{task}: CLIP scores of the training images")
@@ -78,26 +78,27 @@ def gallery_rows(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], int(k[1])))]
 
 
-def contact_sheets(rows: list[dict[str, Any]], out: Path, thumb: int = 96) -> list[Path]:
-    """One PNG per class: the test image in the first column, one line per arm."""
+def contact_sheets(rows: list[dict[str, Any]], out: Path, thumb: int = 72) -> list[Path]:
+    """One PNG per class: its name on top, then columns test | each arm (labelled), images down each column."""
     from PIL import Image, ImageDraw
 
     paths = []
     (out / "galleries").mkdir(parents=True, exist_ok=True)
-    label_w = 110
+    title_h, head_h, pad = 20, 16, 6
     for row in rows:
         arms = sorted(row["arms"])
-        width = label_w + thumb * (1 + max((len(v) for v in row["arms"].values()), default=0))
-        sheet = Image.new("RGB", (width, thumb * max(1, len(arms))), "white")
+        columns = [("test", [row["test"]] if row["test"] is not None else [])] + [(a, row["arms"][a]) for a in arms]
+        col_w = thumb + pad
+        depth = max((len(paths_) for _, paths_ in columns), default=1) or 1
+        sheet = Image.new("RGB", (col_w * len(columns) + pad, title_h + head_h + depth * (thumb + 2) + pad), "white")
         draw = ImageDraw.Draw(sheet)
-        if row["test"] is not None:
-            with Image.open(row["test"]) as img:
-                sheet.paste(img.convert("RGB").resize((thumb, thumb)), (label_w, 0))
-        for r, arm in enumerate(arms):
-            draw.text((4, r * thumb + 4), arm[:16], fill="black")
-            for j, path in enumerate(row["arms"][arm]):
-                with Image.open(path) as img:
-                    sheet.paste(img.convert("RGB").resize((thumb, thumb)), (label_w + thumb * (j + 1), r * thumb))
+        draw.text((pad, 4), f"{row['task']}: {row['class_name']}", fill="black")
+        for c, (label, images) in enumerate(columns):
+            x = pad + c * col_w
+            draw.text((x, title_h), label[: thumb // 6], fill="black")
+            for j, image in enumerate(images):
+                with Image.open(image) as img:
+                    sheet.paste(img.convert("RGB").resize((thumb, thumb)), (x, title_h + head_h + j * (thumb + 2)))
         path = out / "galleries" / f"{row['task']}_class{row['class_id']:04d}.png"
         sheet.save(path)
         paths.append(path)

@@ -1,6 +1,10 @@
-"""Scaling plots (matplotlib, PNG and PDF): accuracy vs training images (log x), one line per arm,
-shaded std, the zero-shot baseline dashed; ZS and LP panels; and a compute-matched view
-(accuracy vs GPU-hours, since synthetic data costs generation time)."""
+"""Figures (matplotlib, PNG and PDF): accuracy vs training images per arm, and the compute-matched view.
+
+Every figure draws an arm in the same colour (:func:`arm_colours`, the Okabe-Ito palette,
+which stays distinct for colour-blind readers), with plain tick labels (50, 120, 1K, 10K).
+Each panel's dashed line names its own baseline: the pretrained model's zero-shot accuracy,
+or its linear probe.
+"""
 
 from __future__ import annotations
 
@@ -9,45 +13,100 @@ from typing import Any
 
 import pandas as pd
 
-COLOURS = {"retrieved": "tab:blue", "synthetic": "tab:orange", "mixed": "tab:green", "sdedit": "tab:purple"}
+BASELINE = "zeroshot_baseline"
+# Okabe & Ito (2008): distinguishable with the common colour-vision deficiencies.
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+REFERENCE = "target_train"
+_KIND_ORDER = {"retrieved": 0, "synthetic": 1, "mixed": 2}
 
 
-def _panel(ax: object, table: pd.DataFrame, x: str, title: str) -> None:
-    base = table[table["arm"] == "zeroshot_baseline"]["acc1_mean"]
-    for arm, g in table[table["arm"] != "zeroshot_baseline"].groupby("arm"):
+def arm_colours(arms: list[str], kinds: dict[str, str] | None = None) -> dict[str, str]:
+    """One colour per arm, the same in every figure of a report: retrieved arms first, then synthetic, then others."""
+    kinds = kinds or {}
+    ordered = sorted(dict.fromkeys(a for a in arms if a != BASELINE),
+                     key=lambda a: (a == REFERENCE, _KIND_ORDER.get(kinds.get(a, a), 3), a))
+    return {arm: OKABE_ITO[i % len(OKABE_ITO)] for i, arm in enumerate(ordered)} | {BASELINE: "#888888"}
+
+
+def arm_label(arm: str) -> str:
+    return f"{arm} (upper reference)" if arm == REFERENCE else arm
+
+
+def plain_number(value: float, _pos: Any = None) -> str:
+    """Tick labels people read: 50, 120, 1K, 12K, 1.5M, 0.02."""
+    v = float(value)
+    if v >= 1e6:
+        return f"{v / 1e6:.3g}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.3g}K"
+    if v >= 1:
+        return f"{v:.3g}"
+    return f"{v:.2g}"
+
+
+def _log_axis(ax: Any, values: list[float]) -> None:
+    """Log x with ticks at the values themselves (at most 6, spread out), labelled plainly."""
+    import matplotlib.ticker as mticker
+
+    ax.set_xscale("log")
+    ticks = sorted({float(v) for v in values if v and v > 0})
+    if len(ticks) > 6:
+        step = len(ticks) / 6
+        ticks = [ticks[int(i * step)] for i in range(6)]
+    ax.xaxis.set_major_locator(mticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(plain_number))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    if len(ticks) > 3:
+        for label in ax.get_xticklabels():
+            label.set_rotation(30)
+            label.set_horizontalalignment("right")
+
+
+def _panel(ax: Any, table: pd.DataFrame, x: str, title: str, colours: dict[str, str], baseline_label: str) -> None:
+    base = table[table["arm"] == BASELINE]["acc1_mean"]
+    rows = table[table["arm"] != BASELINE]
+    for arm, g in rows.groupby("arm"):
         g = g.sort_values(x)
         mean, std = 100 * g["acc1_mean"], 100 * g["acc1_std"].fillna(0)
-        ax.plot(g[x], mean, marker="o", label=arm, color=COLOURS.get(arm))  # type: ignore[attr-defined]
-        ax.fill_between(g[x], mean - std, mean + std, alpha=0.2, color=COLOURS.get(arm))  # type: ignore[attr-defined]
+        style = "--" if arm == REFERENCE else "-"
+        ax.plot(g[x], mean, style, marker="o", label=arm_label(str(arm)), color=colours.get(str(arm)))
+        ax.fill_between(g[x], mean - std, mean + std, alpha=0.2, color=colours.get(str(arm)))
     if len(base):
-        ax.axhline(100 * base.iloc[0], linestyle="--", color="gray", label="zero-shot baseline")  # type: ignore[attr-defined]
-    ax.set_xscale("log")  # type: ignore[attr-defined]
-    ax.set_title(title)  # type: ignore[attr-defined]
-    ax.set_ylabel("test acc1 (%)")  # type: ignore[attr-defined]
-    ax.grid(alpha=0.3)  # type: ignore[attr-defined]
-    ax.legend(fontsize=8)  # type: ignore[attr-defined]
+        ax.axhline(100 * base.iloc[0], linestyle=":", color=colours[BASELINE], label=baseline_label)
+    _log_axis(ax, list(rows[x]))
+    ax.set_title(title)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
-def scaling_plots(table: pd.DataFrame, cost: pd.DataFrame | None, out: Path) -> list[Path]:
+def scaling_plots(table: pd.DataFrame, cost: pd.DataFrame | None, out: Path,
+                  colours: dict[str, str] | None = None) -> list[Path]:
     """One figure per task: ZS and LP panels vs images, and accuracy vs GPU-hours when costs are known."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = colours or arm_colours(list(table["arm"]))
     paths = []
     for task, t in table.groupby("dataset"):
         modes = [m for m in ("zs", "lp") if m in set(t["eval_mode"])]
         panels = len(modes) + (1 if cost is not None and not cost.empty else 0)
         fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), squeeze=False)
         for ax, mode in zip(axes[0], modes):
-            _panel(ax, t[t["eval_mode"] == mode], "num_train_images",
-                   f"{task}: {'zero-shot' if mode == 'zs' else 'linear probe'}")
+            name = "zero-shot" if mode == "zs" else "linear probe"
+            _panel(ax, t[t["eval_mode"] == mode], "num_train_images", f"{task}: {name}", colours,
+                   f"pretrained ({name})")
             ax.set_xlabel("training images")
         if panels > len(modes):
-            c = t[t["eval_mode"] == modes[0]].merge(cost, on=["dataset", "arm", "num_train_images"], how="inner")
-            _panel(axes[0][-1], c, "gpu_hours_total", f"{task}: compute-matched ({modes[0]})")
-            axes[0][-1].set_xlabel("GPU-hours (data + training)")
+            mode = modes[0]
+            name = "zero-shot" if mode == "zs" else "linear probe"
+            # the baseline row has no cost: it only draws its dashed line
+            c = t[t["eval_mode"] == mode].merge(cost, on=["dataset", "arm", "num_train_images"], how="left")
+            _panel(axes[0][-1], c, "gpu_hours_total", f"{task}: compute-matched ({name})", colours,
+                   f"pretrained ({name})")
+            axes[0][-1].set_xlabel("GPU-hours: data (every arm's) + training")
         paths += save_figure(fig, out / f"scaling_{task}")
     return paths
 

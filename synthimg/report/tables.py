@@ -143,6 +143,69 @@ def wide(table: pd.DataFrame, task: str, mode: str) -> pd.DataFrame:
     return pivot
 
 
+def _pct(mean: float, std: float, n: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{100 * mean:.1f}" if pd.isna(std) or n < 2 else f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _points(value: float) -> str:
+    return "—" if pd.isna(value) else f"{100 * value:+.1f}"
+
+
+def _delta(r: object, level: float = 0.95) -> str:
+    """An arm's change to the baseline in points, with its one-sample t-interval over seeds (``*``: excludes 0)."""
+    from scipy import stats
+
+    mode = str(r.eval_mode).upper()  # type: ignore[attr-defined]
+    diff, std, n = r.delta_acc1, r.acc1_std, r.acc1_count  # type: ignore[attr-defined]
+    if pd.isna(std) or n < 2:
+        return f"{mode} {_points(diff)}"
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    star = "*" if diff - half > 0 or diff + half < 0 else ""
+    return f"{mode} {_points(diff)} [{_points(diff - half)}, {_points(diff + half)}]{star}"
+
+
+def arm_table(table: pd.DataFrame, diffs: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The report's table for one task: one row per arm and scale, both metrics, both comparisons.
+
+    Columns: arm | images | ZS | LP | Δ vs baseline | retrieved − synthetic. ZS and LP are test
+    accuracy mean ± std over seeds; Δ is the change to the pretrained model's own ZS and LP;
+    the last column is this retrieved arm minus the synthetic arm at the same N, with its 95%
+    interval (``*`` when the interval excludes 0).
+    """
+    t = table[table["dataset"] == task]
+    rows = []
+    keys = t[["arm", "num_train_images"]].drop_duplicates()
+    order = {BASELINE: 0, "retrieved": 1, "synthetic": 2, "mixed": 3}
+    kinds = t.groupby("arm")["arm_kind"].first().to_dict() if "arm_kind" in t else {}
+    keys = keys.assign(o=keys["arm"].map(lambda a: (order.get(a, order.get(kinds.get(a, ""), 4)) if a != "target_train"
+                                                     else 9, a)),
+                       n=keys.apply(lambda r: -1 if r["arm"] == BASELINE else r["num_train_images"], axis=1))
+    keys = keys.sort_values(["n", "o"])  # the baseline, then one block per scale
+    for arm, n in keys[["arm", "num_train_images"]].itertuples(index=False):
+        cells = {}
+        for mode in ("zs", "lp"):
+            r = t[(t["arm"] == arm) & (t["num_train_images"] == n) & (t["eval_mode"] == mode)]
+            cells[mode] = r.iloc[0] if len(r) else None
+        value = {m: _pct(r.acc1_mean, r.acc1_std, r.acc1_count) if r is not None else "—" for m, r in cells.items()}
+        delta = "\n".join(_delta(r) for r in cells.values() if r is not None and not pd.isna(r.delta_acc1)) or "—"
+        versus = []
+        for mode in ("zs", "lp"):
+            d = diffs[(diffs["dataset"] == task) & (diffs["eval_mode"] == mode) & (diffs["retrieved"] == arm)
+                      & (diffs["num_train_images"] == n)]
+            for r in d.itertuples():
+                star = "*" if r.excludes_zero else ""
+                ci = "" if r.excludes_zero is None else f" [{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
+                who = f" vs {r.synthetic}" if len(d) > 1 else ""
+                versus.append(f"{mode.upper()} {100 * r.diff_acc1:+.1f}{ci}{star}{who}")
+        label = "pretrained (no fine-tuning)" if arm == BASELINE else (
+            f"{arm} (upper reference)" if arm == "target_train" else arm)
+        rows.append({"arm": label, "images": "—" if arm == BASELINE else f"{int(n):,}", "ZS": value["zs"],
+                     "LP": value["lp"], "Δ vs baseline": delta, "retrieved − synthetic": "\n".join(versus) or "—"})
+    return pd.DataFrame(rows, columns=["arm", "images", "ZS", "LP", "Δ vs baseline", "retrieved − synthetic"])
+
+
 def differences_markdown(diffs: pd.DataFrame) -> str:
     rows = ["| task | mode | images | retrieved | synthetic | retrieved − synthetic (points) | 95% CI | excludes 0 |",
             "|---|---|---:|---|---|---:|---|---|"]

@@ -55,32 +55,55 @@ def local_gpus(requested: int | None) -> int:
 
 
 class LocalExecutor:
-    """Steps in order on this machine; ``invoke`` runs a command line in this process."""
+    """Steps in order on this machine; ``invoke`` runs a command line in this process.
 
-    def __init__(self, root: Path, invoke: Invoke | None, gpus: int | None = None, echo: Any = print):
-        self.root, self.invoke, self.echo = Path(root), invoke, echo
+    With ``log_file``, everything a step writes (its own lines, libraries' warnings and progress
+    bars, child processes) goes to that file and ``echo`` prints one line per step; ``live(text)``,
+    a context manager such as rich's ``Console.status``, shows the running step meanwhile.
+    """
+
+    def __init__(self, root: Path, invoke: Invoke | None, gpus: int | None = None, echo: Any = print,
+                 log_file: Path | None = None, live: Any = None):
+        self.root, self.invoke, self.echo, self.log_file = Path(root), invoke, echo, log_file
+        self.live = live
         self.nproc = max(1, local_gpus(gpus))
 
     def run(self, steps: list[Step]) -> Outcome:
+        import contextlib
+        import time
+
+        from synthimg.progress import output_to
+
         out = Outcome()
         todo = [s for s in steps if s.kind != "shards"]
+        start = time.time()
+        width = len(str(len(todo)))
+
+        def line(i: int, step: Step, what: str) -> None:
+            elapsed = time.strftime("%M:%S", time.gmtime(time.time() - start))
+            self.echo(f"[{i:>{width}}/{len(todo)}] {elapsed} {step.id}: {what}")
+
         for i, step in enumerate(todo, 1):
             why = _triage(self.root, step, out)
             if why is not None:
                 if why != "done":
-                    self.echo(f"[{i}/{len(todo)}] {step.id}: {why}")
+                    line(i, step, why)
                 continue
-            self.echo(f"[{i}/{len(todo)}] {step.id}: running")
+            if self.log_file is None:
+                line(i, step, "running")
+            status = (self.live(f"[{i:>{width}}/{len(todo)}] {step.id}: running") if self.live is not None
+                      and self.log_file is not None else contextlib.nullcontext())
             try:
-                seconds = execute(self.root, step, self.invoke, self.nproc)
+                with status, output_to(self.log_file):
+                    seconds = execute(self.root, step, self.invoke, self.nproc)
             except Exception as err:  # a failed cell is reported; the others go on
                 msg = f"{type(err).__name__}: {err}" if not isinstance(err, SynthimgError) else str(err)
                 out.failed[step.id] = msg.strip().splitlines()[0] if msg.strip() else type(err).__name__
-                self.echo(f"[{i}/{len(todo)}] {step.id}: FAILED: {out.failed[step.id]}")
+                line(i, step, f"FAILED: {out.failed[step.id]}")
                 log.debug("step %s failed", step.id, exc_info=True)
                 continue
             out.ran[step.id] = seconds
-            self.echo(f"[{i}/{len(todo)}] {step.id}: done in {seconds:.1f}s")
+            line(i, step, f"done in {seconds:.1f}s")
         return out
 
 

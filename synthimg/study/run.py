@@ -130,11 +130,16 @@ def decontamination_notes(steps: list[Step]) -> list[str]:
 
 
 def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print,
-              notes: Callable[[Path, list[Step]], list[str]] | None = None) -> dict[str, Any]:
+              notes: Callable[[Path, list[Step]], list[str]] | None = None,
+              log_file: Path | None = None, live: Any = None) -> dict[str, Any]:
     """Run every missing step, then collect and report. Returns ``study_stats.json``'s content.
 
     ``notes(root, steps)`` may add lines to the report (the demo counts its planted copies).
+    ``log_file``: what the steps print goes there; ``echo`` gets one line per step and
+    ``live(text)`` (e.g. rich's ``Console.status``) shows the step that is running.
     """
+    from synthimg.progress import output_to
+
     root = Path(study.out)
     start = time.time()
     steps, coverage = plan_with_coverage(study, root)
@@ -148,7 +153,7 @@ def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print,
         if not study.executor.slurm.wait:
             return {"submitted": outcome.submitted}
     else:
-        outcome = LocalExecutor(root, invoke, study.executor.gpus, echo).run(steps)
+        outcome = LocalExecutor(root, invoke, study.executor.gpus, echo, log_file, live).run(steps)
     results = collect(root, steps)
     stats: dict[str, Any] = {"steps": len([s for s in steps if s.kind != "shards"]), **outcome.summary(),
                              "cells": sum(s.kind == "train" for s in steps),
@@ -159,8 +164,11 @@ def run_study(study: StudyConfig, invoke: Invoke | None, echo: Any = print,
 
         analyses = [s.outputs[0].parent for s in steps if s.kind == "analyze" and is_done(root, s)]
         extra = decontamination_notes(steps) + (notes(root, steps) if notes else [])
-        info = build_report([results], root / "report", data_costs=data_costs(study, steps), analyses=analyses,
-                            notes=extra)
+        with output_to(log_file):
+            info = build_report([results], root / "report", data_costs=data_costs(study, steps), analyses=analyses,
+                                notes=extra)
+        for key in ("question", "headline", "answer", "answer_table", "arm_tables", "data_notes"):
+            stats[key] = info[key]
         stats["report"] = info["html"]
         stats["notes"] = info["notes"]
     (root / "study_stats.json").write_text(json.dumps(stats, indent=1))
