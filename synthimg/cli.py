@@ -943,8 +943,8 @@ def report_cmd(
     from synthimg.report.build import build_report
 
     info = build_report(list(results), out)
-    for note in info["notes"]:
-        typer.echo(note)
+    for line in [info["headline"], *info["answer"], *info["notes"]]:
+        typer.echo(line)
     typer.echo(f"{info['cells']} cells -> {out}; open {info['html']}")
 
 
