@@ -208,3 +208,81 @@ def test_study_charges_every_arm_its_data(tmp_path):
     assert costs["syn"] == pytest.approx({"captions": 0.2 / 1000, "generate": 10.0 / 1000})
     assert costs["sub"] == pytest.approx({"retrieve": 0.0})
     assert costs["mix"]["generate"] == pytest.approx(0.5 * 10.0 / 1000)
+
+
+def _clip_benchmark_file(folder, dataset="fgvc_aircraft", task="zeroshot_classification", acc=0.25,
+                         classnames=None):
+    """A result file exactly as ``clip_benchmark eval`` writes it (cli.py: one ``json.dump`` of this dict)."""
+    metrics = ({"acc1": acc, "acc5": 0.6, "mean_per_class_recall": acc} if task == "zeroshot_classification" else
+               {"lp_acc1": acc, "lp_acc5": 0.6, "lp_mean_per_class_recall": acc, "lp_best_wd": 0.0})
+    dump = {"dataset": dataset, "model": "ViT-B-32", "pretrained": "openai", "task": task, "metrics": metrics,
+            "language": "en"}
+    if classnames:
+        dump["classnames"] = classnames
+    path = folder / f"{dataset.replace('/', '_')}_openai_ViT-B-32_en_{task}.json"  # its default --output
+    with open(path, "w") as f:
+        json.dump(dump, f)
+    return path
+
+
+def test_our_lines_carry_clip_benchmarks_language(results):
+    line = json.loads(results.read_text().splitlines()[0])
+    assert line["language"] == "en" and "classnames" not in line and "templates" not in line
+
+
+def test_clip_benchmark_files_read_as_external_rows(results, tmp_path):
+    zs = _clip_benchmark_file(tmp_path, classnames=["707-320", "727-200"])
+    lp = _clip_benchmark_file(tmp_path, task="linear_probe", acc=0.5)
+    alone = build_report([zs], tmp_path / "alone")
+    assert alone["cells"] == 1 and (tmp_path / "alone" / "report.html").is_file()
+
+    build_report([results, zs, lp], tmp_path / "both")
+    summary = pd.read_csv(tmp_path / "both" / "summary.csv")
+    ext = summary[summary.arm == "external_openai_ViT-B-32"].set_index("eval_mode")
+    assert ext.loc["zs", "acc1_mean"] == pytest.approx(0.25) and ext.loc["lp", "acc1_mean"] == pytest.approx(0.5)
+    assert ext.loc["zs", "delta_acc1"] == pytest.approx(0.25 - 0.27)  # against our own pretrained baseline
+    assert {"retrieved", "synthetic", "zeroshot_baseline"} <= set(summary.arm)
+
+
+def test_a_clip_benchmark_file_as_the_baseline(tmp_path, results):
+    ours = tmp_path / "arms.jsonl"
+    ours.write_text("".join(l + "\n" for l in results.read_text().splitlines()
+                            if json.loads(l)["arm"] != "zeroshot_baseline"))
+    # CLIP_benchmark names VTAB's flowers wds/vtab/flowers; it is our flowers102
+    base = _clip_benchmark_file(tmp_path, acc=0.2)
+    build_report([ours], tmp_path / "r", baselines=[base])
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert summary[summary.arm == "zeroshot_baseline"].acc1_mean.tolist() == [pytest.approx(0.2)]
+    assert summary[(summary.arm == "retrieved") & (summary.num_train_images == 1000)].delta_acc1.iloc[0] == \
+        pytest.approx(0.41 - 0.2)
+
+    from synthimg.errors import SynthimgError
+
+    with pytest.raises(SynthimgError, match="both the results and a --baseline file"):
+        build_report([results], tmp_path / "r2", baselines=[base])
+
+
+def test_clip_benchmark_dataset_names_map_to_ours(tmp_path):
+    from synthimg.report.external import dataset_name
+
+    assert dataset_name("wds/vtab/flowers") == "flowers102" and dataset_name("cars") == "stanford_cars"
+    assert dataset_name("imagenet1k") == "imagenet" and dataset_name("wds/some/new_set") == "some_new_set"
+
+
+def test_a_bad_line_is_one_error_naming_it(results, tmp_path):
+    from synthimg.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    lines = results.read_text().splitlines()
+    broken = json.loads(lines[0]) | {"eval_mode": "zero"}
+    bad.write_text("\n".join([lines[0], json.dumps(broken), lines[1]]) + "\n")
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(bad), "--out", str(tmp_path / "r")])
+    assert info.value.code == 2
+    retrieval = tmp_path / "retrieval.json"
+    retrieval.write_text(json.dumps({"dataset": "mscoco_captions", "model": "ViT-B-32", "pretrained": "openai",
+                                     "task": "zeroshot_retrieval", "metrics": {"image_retrieval_recall@5": 0.5},
+                                     "language": "en"}))
+    with pytest.raises(SystemExit) as info:  # a retrieval result is skipped with a warning; nothing else to report
+        main(["report", str(retrieval), "--out", str(tmp_path / "r")])
+    assert info.value.code == 2

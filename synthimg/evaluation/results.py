@@ -37,6 +37,9 @@ class ResultRecord(BaseModel):
     pretrained: str
     task: Literal["zeroshot_classification", "linear_probe"]
     metrics: Metrics
+    language: str = "en"
+    classnames: list[str] | None = Field(None, description="as CLIP_benchmark's --dump_classnames writes them")
+    templates: list[str] | None = Field(None, description="as CLIP_benchmark's --dump_templates writes them")
     arm: Arm
     arm_source: str | None = Field(None, description="the training data's provenance: synthetic, retrieved, mixed, ...")
     num_train_images: int = 0
@@ -77,11 +80,16 @@ def append_results(path: str | os.PathLike[str], records: list[ResultRecord]) ->
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = "".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in records)
+    blob = "".join(json.dumps(_line(r)) + "\n" for r in records)
     with open(path, "a") as f:
         f.write(blob)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _line(record: ResultRecord) -> dict:
+    """The JSON object of a line; CLIP_benchmark's optional dumps only when set, as it writes them."""
+    return record.model_dump(mode="json", exclude={k for k in ("classnames", "templates") if getattr(record, k) is None})
 
 
 def read_results(path: str | os.PathLike[str]) -> list[ResultRecord]:

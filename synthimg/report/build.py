@@ -115,13 +115,17 @@ HOW_TO_READ = [
 def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str],
                  data_costs: dict[str, dict[str, float]] | None = None,
                  analyses: list[str | os.PathLike[str]] | None = None,
-                 notes: list[str] | None = None) -> dict[str, Any]:
-    """Tables, plots, cost and ``report.html``; ``analyses``: folders from ``synthimg analyze``."""
+                 notes: list[str] | None = None,
+                 baselines: list[str | os.PathLike[str]] | None = None) -> dict[str, Any]:
+    """Tables, plots, cost and ``report.html``; ``analyses``: folders from ``synthimg analyze``.
+
+    ``baselines``: CLIP_benchmark result files that stand for the pretrained baseline.
+    """
     from synthimg.report.plots import arm_colours
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    selected = select_on_val(load(paths))
+    selected = select_on_val(load(paths, baselines))
     table = summary(selected)
     diffs = arm_differences(selected)
     files = write_tables(table, selected, out, diffs)

@@ -65,6 +65,10 @@ def _log_axis(ax: Any, values: list[float]) -> None:
 def _panel(ax: Any, table: pd.DataFrame, x: str, title: str, colours: dict[str, str], baseline_label: str) -> None:
     base = table[table["arm"] == BASELINE]["acc1_mean"]
     rows = table[table["arm"] != BASELINE]
+    flat = rows["num_train_images"] == 0  # evaluations without training (external CLIP_benchmark rows): lines
+    for r in rows[flat].itertuples():
+        ax.axhline(100 * r.acc1_mean, linestyle="-.", color=colours.get(str(r.arm)), label=str(r.arm))
+    rows = rows[~flat]
     for arm, g in rows.groupby("arm"):
         g = g.sort_values(x)
         mean, std = 100 * g["acc1_mean"], 100 * g["acc1_std"].fillna(0)
@@ -73,7 +77,8 @@ def _panel(ax: Any, table: pd.DataFrame, x: str, title: str, colours: dict[str, 
         ax.fill_between(g[x], mean - std, mean + std, alpha=0.2, color=colours.get(str(arm)))
     if len(base):
         ax.axhline(100 * base.iloc[0], linestyle=":", color=colours[BASELINE], label=baseline_label)
-    _log_axis(ax, list(rows[x]))
+    if len(rows):
+        _log_axis(ax, list(rows[x]))
     ax.set_title(title)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from synthimg.errors import SynthimgError
-from synthimg.evaluation.results import read_results
+from synthimg.report.external import read_any
 
 log = logging.getLogger("synthimg.report")
 
@@ -24,17 +24,21 @@ METRICS = ("acc1", "acc5", "mean_per_class_recall")
 CELL = ["dataset", "model", "arm", "finetune", "eval_mode", "num_train_images"]
 
 
-def load(paths: list[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Every validated result line of the files (or folders holding results.jsonl), one row each."""
+def load(paths: list[str | os.PathLike[str]], baselines: list[str | os.PathLike[str]] | None = None) -> pd.DataFrame:
+    """Every result of the files (or folders holding results.jsonl), one row each.
+
+    Our lines are validated; CLIP_benchmark files become external rows (see ``external``),
+    and ``baselines`` are CLIP_benchmark files that stand for the pretrained baseline.
+    """
     rows = []
-    for p in paths:
+    for p, is_baseline in [(p, False) for p in paths] + [(p, True) for p in baselines or []]:
         path = Path(p)
         files = sorted(path.rglob("results.jsonl")) if path.is_dir() else [path]
         if not files or not all(f.is_file() for f in files):
             raise SynthimgError(f"no results file at {p}")
         for f in files:
-            for r in read_results(f):
-                row = r.model_dump()
+            for r in read_any(f, baseline=is_baseline):
+                row = r.model_dump(exclude={"classnames", "templates"})
                 row.update({m: row["metrics"].get(m) for m in METRICS})
                 row.pop("metrics")
                 row["source_file"] = str(f)
@@ -42,6 +46,12 @@ def load(paths: list[str | os.PathLike[str]]) -> pd.DataFrame:
     if not rows:
         raise SynthimgError("the results files hold no lines")
     df = pd.DataFrame(rows)
+    base = df[df["arm"] == "zeroshot_baseline"]
+    clash = base.groupby(["dataset", "eval_mode"])["arm_source"].agg(lambda s: s.eq("external").any() and s.ne("external").any())
+    if clash.any():
+        dataset, mode = clash[clash].index[0]
+        raise SynthimgError(f"{dataset} {mode}: both the results and a --baseline file give the pretrained baseline; "
+                            "pass only one")
     df["wise_alpha"] = df["wise_alpha"].astype(float)
     return df
 
