@@ -203,7 +203,7 @@ def test_index_serve_answers_our_client(tmp_path):
     server = make_server({"idx": LocalIndex(tmp_path / "idx")}, port=0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        client = KnnClient(f"http://127.0.0.1:{server.server_port}", "idx")
+        client = KnnClient(f"http://127.0.0.1:{server.server_port}", "idx", deduplicate=False)  # tiny ViT: alike
         hits = client.query(text="a photo of a cat", num_images=5)
     finally:
         server.shutdown()

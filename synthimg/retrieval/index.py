@@ -194,6 +194,36 @@ class LocalIndex:
         with torch.no_grad():
             return F.normalize(self._bundle.model.encode_text(self._bundle.tokenizer(texts)).float(), dim=-1).numpy()
 
+    def embed_images(self, images: list[Any]) -> np.ndarray:
+        """Normalised image embeddings of PIL images, with the index's own model and preprocessing."""
+        import torch
+        import torch.nn.functional as F
+
+        from synthimg.models.clip import create_clip
+
+        if self._bundle is None:
+            self._bundle = create_clip(self.model_name, self.pretrained)
+            self._bundle.model.eval()
+        batch = torch.stack([self._bundle.preprocess_val(img.convert("RGB")) for img in images])
+        with torch.no_grad():
+            return F.normalize(self._bundle.model.encode_image(batch).float(), dim=-1).numpy()
+
+    def search_and_reconstruct(self, vector: np.ndarray, kind: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One query's top-``k`` of one index: (similarities, row ids, the rows' stored embeddings), -1 rows dropped."""
+        if kind not in self.indexes:
+            raise SynthimgError(f"{self.folder.name} has no {kind} index (it has: {', '.join(self.indexes)})")
+        query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
+        sims, ids, emb = self.indexes[kind].search_and_reconstruct(query, k)
+        keep = ids[0] >= 0
+        return sims[0][keep], ids[0][keep], emb[0][keep]
+
+    def rows(self, kind: str, ids: list[int]) -> list[dict[str, Any]]:
+        """The metadata rows (every column) of row ids of one index; ids past the end give empty rows."""
+        meta = self.metadata.get(kind)
+        if meta is None:
+            return [{} for _ in ids]
+        return [meta.iloc[int(i)].to_dict() if 0 <= int(i) < len(meta) else {} for i in ids]
+
     def search(self, vectors: np.ndarray, k: int, kinds: tuple[str, ...] = KINDS) -> list[list[dict[str, Any]]]:
         """Per query vector, the top-``k`` of **each** requested index: the union, never merged by cosine.
 

@@ -24,16 +24,13 @@ import pandas as pd
 from synthimg.config import RetrieveConfig
 from synthimg.errors import SynthimgError
 from synthimg.registry import Registry
+from synthimg.retrieval.safety import flagged
 from synthimg.tasks.spec import TaskSpec
 
 BACKENDS = Registry("retrieval backend")
 COLUMNS = ["class_id", "class_name", "url", "caption", "query", "similarity", "index", "rank", "found_by", "backend",
            "upstream_id"]
 _INDEX_ORDER = {"image": 0, "text": 1}
-
-
-def _nsfw(value: Any) -> bool:
-    return value is not None and value == value and str(value).upper() in ("NSFW", "TRUE", "1", "UNSURE")
 
 
 class _Collector:
@@ -49,7 +46,7 @@ class _Collector:
         self.stats[c]["queries"] += 1
         self.stats[c]["returned"] += len(hits)
         for n, h in enumerate(hits):
-            if _nsfw(h.get("NSFW")):
+            if flagged(h.get("NSFW")):
                 self.stats[c]["nsfw_dropped"] += 1
                 continue
             rank = h.get("rank", n)
