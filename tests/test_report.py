@@ -96,9 +96,13 @@ def test_report_tables_plots_and_html(results, tmp_path):
     md = (out / "results.md").read_text()
     assert "41.0 ± 1.0" in md and "—" in md  # synthetic at 10,000 images is missing, shown as missing
     assert "Retrieved − synthetic" in md
+    assert "| arm | images | ZS | LP | Δ vs baseline | retrieved − synthetic |\n|---|" in md  # one clean header
     tex = (out / "results.tex").read_text()
     assert tex.count("\\begin{table}") == tex.count("\\end{table}") and "\\toprule" in tex and "\\bottomrule" in tex
     assert tex.count("{") == tex.count("}")
+    assert "\\caption{fgvc\\_aircraft" in tex and not set("Δ±−—") & set(tex)  # compiles with pdflatex
+    header = tex.split("\\toprule\n", 1)[1].split("\n")
+    assert header[0].startswith("arm & images & ZS & LP & $\\Delta$ vs baseline") and header[1] == "\\midrule"
     for name in ("scaling_fgvc_aircraft.png", "scaling_fgvc_aircraft.pdf", "cost.csv", "results_long.csv"):
         assert (out / name).is_file()
     page = (out / "report.html").read_text()
@@ -286,3 +290,23 @@ def test_a_bad_line_is_one_error_naming_it(results, tmp_path):
     with pytest.raises(SystemExit) as info:  # a retrieval result is skipped with a warning; nothing else to report
         main(["report", str(retrieval), "--out", str(tmp_path / "r")])
     assert info.value.code == 2
+
+
+def test_log_axis_labels_never_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synthimg.report.plots import _log_axis
+
+    # four arms a few percent apart in GPU-hours, as the compute-matched panel has them
+    for values in ([0.0012, 0.00125, 0.0013, 0.0014, 0.002, 0.0021, 0.01], [50, 120], [50, 60, 70, 80, 90, 1e6]):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot(values, range(len(values)))
+        _log_axis(ax, values)
+        fig.canvas.draw()
+        boxes = [t.get_window_extent() for t in ax.get_xticklabels() if t.get_text()]
+        assert len(boxes) >= 2
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), values
+        plt.close(fig)

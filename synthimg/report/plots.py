@@ -2,12 +2,13 @@
 
 Every figure draws an arm in the same colour (:func:`arm_colours`, the Okabe-Ito palette,
 which stays distinct for colour-blind readers), with plain tick labels (50, 120, 1K, 10K).
-Each panel's dashed line names its own baseline: the pretrained model's zero-shot accuracy,
-or its linear probe.
+Each panel's dotted line names its own baseline: the pretrained model's zero-shot accuracy,
+or its linear probe; the upper reference arm (``target_train``) is dashed.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,13 @@ def _log_axis(ax: Any, values: list[float]) -> None:
     import matplotlib.ticker as mticker
 
     ax.set_xscale("log")
-    ticks = sorted({float(v) for v in values if v and v > 0})
-    if len(ticks) > 6:
-        step = len(ticks) / 6
-        ticks = [ticks[int(i * step)] for i in range(6)]
+    values = sorted({float(v) for v in values if v and v == v and v > 0})
+    span = math.log10(values[-1] / values[0]) if values else 0.0
+    gap = max(span / 6, 0.08)  # in decades: labels closer than this would overlap
+    ticks: list[float] = []
+    for v in values:
+        if not ticks or math.log10(v / ticks[-1]) >= gap:
+            ticks.append(v)
     ax.xaxis.set_major_locator(mticker.FixedLocator(ticks))
     ax.xaxis.set_major_formatter(mticker.FuncFormatter(plain_number))
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())

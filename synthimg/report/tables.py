@@ -13,6 +13,7 @@ format: one row per result with the metrics as columns). pandas does the pivotin
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -122,27 +123,6 @@ def difference_sentence(row: object) -> str:
     return f"{head}, {ci}: the interval includes 0, so this run cannot tell the two apart."
 
 
-def _fmt(mean: float, std: float, n: float, pct: bool = True) -> str:
-    if pd.isna(mean):
-        return "—"
-    scale = 100.0 if pct else 1.0
-    return f"{mean * scale:.1f}" if pd.isna(std) or n < 2 else f"{mean * scale:.1f} ± {std * scale:.1f}"
-
-
-def wide(table: pd.DataFrame, task: str, mode: str) -> pd.DataFrame:
-    """One task and mode: rows are arms, columns are scales; missing cells show as '—'."""
-    t = table[(table["dataset"] == task) & (table["eval_mode"] == mode)].copy()
-    t["cell"] = [_fmt(m, s, n) for m, s, n in zip(t["acc1_mean"], t["acc1_std"], t["acc1_count"])]
-    t["scale"] = t["num_train_images"].map(lambda n: "0" if n == 0 else f"{int(n):,}")
-    pivot = t.pivot_table(index="arm", columns="scale", values="cell", aggfunc="first").fillna("—")
-    cols = sorted(pivot.columns, key=lambda c: int(c.replace(",", "")))
-    pivot = pivot[cols]
-    base = t[t["arm"] == BASELINE]["acc1_mean"]
-    if len(base):
-        pivot.insert(0, "baseline", _fmt(base.iloc[0], float("nan"), 1))
-    return pivot
-
-
 def _pct(mean: float, std: float, n: float) -> str:
     if pd.isna(mean):
         return "—"
@@ -226,19 +206,18 @@ def write_tables(table: pd.DataFrame, selected: pd.DataFrame, out: Path, diffs: 
     if len(diffs):
         md += ["## Retrieved − synthetic at equal N (95% Welch interval over seeds)", "", differences_markdown(diffs), ""]
     tex = []
-    for (task, mode), _ in table.groupby(["dataset", "eval_mode"]):
-        w = wide(table, task, mode)
-        md += [f"## {task}, {'zero-shot' if mode == 'zs' else 'linear probe'} (acc1, %)", "", markdown(w), ""]
-        deltas = table[(table.dataset == task) & (table.eval_mode == mode) & table.delta_acc1.notna()]
-        if len(deltas):
-            md += ["Delta to the pretrained baseline (points): " + ", ".join(
-                f"{r.arm} {int(r.num_train_images):,}: {100 * r.delta_acc1:+.1f}" for r in deltas.itertuples()), ""]
-        tex.append(w.to_latex(caption=f"{task}, {mode}: test acc1 (\\%)", label=f"tab:{task}-{mode}",
-                              escape=True, column_format="l" + "r" * len(w.columns)))
+    for task in sorted(set(table["dataset"])):
+        t = arm_table(table, diffs, task)
+        md += [f"## {task} (test acc1, %)", "", markdown(t.assign(**{c: t[c].str.replace("\n", "<br>") for c in t})), ""]
+        cells = t.assign(**{c: t[c].str.replace("\n", "; ") for c in t})
+        caption = latex_escape(f"{task}: test acc1 (%), mean ± std over seeds; Δ and retrieved − synthetic in points "
+                               "with 95% intervals (* excludes 0)")
+        tex.append(cells.to_latex(index=False, escape=True, caption=caption, label=f"tab:{task}",
+                                  column_format="ll" + "r" * (len(t.columns) - 2)))
     paths = [out / "results.md", out / "results.tex", out / "summary.csv", out / "results_long.csv",
              out / "differences.csv"]
     paths[0].write_text("\n".join(md))
-    paths[1].write_text("% requires \\usepackage{booktabs}\n" + "\n".join(tex))
+    paths[1].write_text("% requires \\usepackage{booktabs}\n" + latex_symbols("\n".join(tex)))
     table.to_csv(paths[2], index=False)
     selected.to_csv(paths[3], index=False)
     diffs.to_csv(paths[4], index=False)
@@ -246,7 +225,24 @@ def write_tables(table: pd.DataFrame, selected: pd.DataFrame, out: Path, diffs: 
 
 
 def markdown(df: pd.DataFrame) -> str:
-    header = "| " + " | ".join([df.index.name or ""] + list(map(str, df.columns))) + " |"
-    rule = "|" + "---|" * (len(df.columns) + 1)
-    rows = ["| " + " | ".join([str(i)] + [str(v) for v in r]) + " |" for i, r in zip(df.index, df.values)]
+    """A GitHub table; a named index becomes the first column, a default RangeIndex is left out."""
+    if df.index.name is not None or not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index()
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    rows = ["| " + " | ".join(str(v) for v in r) + " |" for r in df.values]
     return "\n".join([header, rule, *rows])
+
+
+def latex_escape(text: str) -> str:
+    """Text for a LaTeX caption (pandas escapes cells, not captions)."""
+    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+             "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: table[m.group()], text)
+
+
+def latex_symbols(tex: str) -> str:
+    """±, Δ, − and — as plain LaTeX, so the tables compile with pdflatex as well as with XeLaTeX."""
+    for char, repl in (("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "$-$"), ("—", "---")):
+        tex = tex.replace(char, repl)
+    return tex
