@@ -37,9 +37,19 @@ def test_template_captions_exact_quota(tmp_path):
     assert len(table) == 500 and table["caption"].nunique() == 500
     assert table.groupby("class_id").size().eq(5).all() and not stats["short_classes"]
     assert {"class_id", "class_name", "caption", "caption_method", "caption_seed"} <= set(table.columns)
+    assert not (tmp_path / "_parts").exists()  # a finished run leaves only its table and stats
     again, _ = make_captions(get_task("fgvc_aircraft"), CaptionsConfig(method="template", per_class=5), tmp_path / "b",
+                             progress=False, keep_parts=True)
+    assert again["caption"].tolist() == table["caption"].tolist() and (tmp_path / "b" / "_parts").is_dir()
+    # a rerun of the finished run returns it, with no work (its table file is untouched)
+    before = (tmp_path / "captions.parquet").stat().st_mtime_ns
+    rerun, _ = make_captions(get_task("fgvc_aircraft"), CaptionsConfig(method="template", per_class=5), tmp_path,
                              progress=False)
-    assert again["caption"].tolist() == table["caption"].tolist()
+    assert rerun["caption"].tolist() == table["caption"].tolist()
+    assert (tmp_path / "captions.parquet").stat().st_mtime_ns == before
+    other, _ = make_captions(get_task("fgvc_aircraft"), CaptionsConfig(method="template", per_class=6), tmp_path,
+                             progress=False)  # other settings: made again
+    assert len(other) == 600
 
 
 def test_llm_captions_exact_quota_with_provenance(models, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from synthimg.atomic import atomic_path, atomic_write
 from synthimg.config import CaptionsConfig
 from synthimg.registry import Registry
 from synthimg.synthetic.prompting import PromptBuilder, clean_caption, concept, hash_seed
@@ -102,14 +104,27 @@ def llm_captions(
     return [row for c in classes for row in have[c]], counts
 
 
-def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Write ``OUT/captions.parquet`` and ``OUT/captions_stats.json``; resumable by class chunk."""
+def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress: bool = True,
+                  keep_parts: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Write ``OUT/captions.parquet`` and ``OUT/captions_stats.json``; resumable by class chunk.
+
+    The chunks (``OUT/_parts/``) go once the table is written, unless ``keep_parts``; a rerun
+    with the same task and settings then returns the finished table without any LLM work.
+    """
     from synthimg.progress import progress_bar
     from synthimg.runtime import carried_gpu_seconds
 
     out = Path(out)
     parts_dir = out / "_parts"
+    settings = {"task": task.name, "captions": cfg.model_dump(mode="json")}
+    done = _finished(out, settings)
+    if done is not None and not parts_dir.is_dir():
+        return done
+    marker = parts_dir / "settings.json"
+    if parts_dir.is_dir() and (not marker.is_file() or json.loads(marker.read_text()) != settings):
+        shutil.rmtree(parts_dir)  # chunks of other settings are not this run's
     parts_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(marker, json.dumps(settings))
     start = time.time()
     llm = None
     if cfg.method == "llm":
@@ -130,15 +145,13 @@ def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress
             for k, v in counts.items():
                 totals[k] += v
             frame = pd.DataFrame(rows, columns=_COLUMNS) if rows else pd.DataFrame(columns=_COLUMNS)
-            tmp = part.with_name(part.name + ".tmp")
-            frame.to_parquet(tmp, index=False)
-            tmp.replace(part)
+            with atomic_path(part) as tmp:
+                frame.to_parquet(tmp, index=False)
     table = pd.concat([pd.read_parquet(p) for p in sorted(parts_dir.glob("chunk_*.parquet"))], ignore_index=True)
     table = _provenance(table, task, cfg, llm)
     path = out / "captions.parquet"
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
     per_class = table.groupby("class_id").size().reindex(range(task.num_classes), fill_value=0)
     duration = time.time() - start
     stats = {
@@ -152,8 +165,20 @@ def make_captions(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, progress
         "tokens": getattr(llm, "tokens", None),
         "tokens_per_sec": round(llm.tokens / duration, 1) if llm is not None and duration else None,
     }
-    (out / "captions_stats.json").write_text(json.dumps(stats, indent=1))
+    stats["settings"] = settings
+    atomic_write(out / "captions_stats.json", json.dumps(stats, indent=1))
+    if not keep_parts:
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return table, stats
+
+
+def _finished(out: Path, settings: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """The finished table and stats of an earlier run with the same settings, or None."""
+    stats_path, path = out / "captions_stats.json", out / "captions.parquet"
+    if not (stats_path.is_file() and path.is_file()):
+        return None
+    stats = json.loads(stats_path.read_text())
+    return (pd.read_parquet(path), stats) if stats.get("settings") == settings else None
 
 
 _COLUMNS = ["class_id", "caption", "prompt_type", "template_index", "example_ids", "relation", "background",
