@@ -60,3 +60,16 @@ def test_doctor_json(capsys):
     code, out, _ = run(capsys, "doctor", "--json")
     info = json.loads(out)
     assert code == 0 and info["versions"]["torch"] and "gpu_count" in info["device"] and "vllm" in info["optional"]
+
+
+def test_library_log_lines_go_through_our_logging(tmp_path):
+    # open_clip warns through the root logger when a model gets no pretrained weights
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "col", n=4, maxcount=4)
+    proc = subprocess.run([sys.executable, "-m", "synthimg", "--quiet", "index", "build", "--shards",
+                           str(tmp_path / "col"), "--model", "synthimg-tiny-vit", "--pretrained", "none",
+                           "--out", str(tmp_path / "idx")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING:root:" not in proc.stderr
+    assert "warning: open_clip: No pretrained weights loaded" in proc.stderr

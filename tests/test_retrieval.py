@@ -389,3 +389,19 @@ def test_index_serve_answers_a_missing_index_kind_with_a_400(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("content", [b"not a parquet file at all", b"PAR1" + b"\0" * 64 + b"PAR1"])
+def test_a_corrupt_parquet_input_is_one_line_naming_it(tmp_path, capsys, content):
+    from synthimg.cli import main
+
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(content)
+    for argv in (["retrieve", "--task", "dtd", "--backend", "substring", "--metadata", str(bad), "--per-class", "2",
+                  "--out", str(tmp_path / "r")],
+                 ["download", "--candidates", str(bad), "--task", "dtd", "--per-class", "2", "--out", str(tmp_path / "d")]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1, err
+        assert "bad.parquet is not a readable parquet file" in err[0] and "internal error" not in err[0]

@@ -277,3 +277,20 @@ def test_torchrun_two_ranks_two_workers(shard_dir, tmp_path):
     assert len(per_rank) == 2 and all(per_rank)
     assert not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == keys
+
+
+def test_inspect_on_something_that_is_not_a_shard_folder(tmp_path, capsys):
+    import tarfile
+
+    from synthimg.cli import main
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("hello")
+    with tarfile.open(tmp_path / "other" / "backup.tar", "w") as t:
+        t.add(tmp_path / "other" / "notes.txt", arcname="notes.txt")
+    for target in (tmp_path / "other", tmp_path / "other" / "notes.txt"):
+        with pytest.raises(SystemExit) as info:
+            main(["shards", "inspect", str(target)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not a shard folder" in err[0]

@@ -27,6 +27,8 @@ def inspect_shards(shard_dir: str | os.PathLike[str], classnames: list[str] | No
     from synthimg.progress import progress_bar
 
     shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise SynthimgError(f"{shard_dir} is not a shard folder (not a folder)")
     tars = list_shards(shard_dir)
     if not tars:
         raise SynthimgError(f"no .tar shards in {shard_dir}")
@@ -41,6 +43,9 @@ def inspect_shards(shard_dir: str | os.PathLike[str], classnames: list[str] | No
             per_class[record["label"]] += 1
             per_shard[record["shard"]] += 1
             bar.advance()
+    if not per_class and not expected and not (shard_dir / "classnames.txt").is_file():
+        raise SynthimgError(f"{shard_dir} is not a shard folder: none of its {len(tars)} tars holds an image with "
+                            "a class label, and it has no sizes.json or classnames.txt")
     names = classnames or [str(i) for i in range(max(per_class, default=-1) + 1)]
     short = {s: {"expected": n, "read": per_shard.get(s, 0)} for s, n in expected.items() if per_shard.get(s, 0) < n}
     counts = [per_class.get(i, 0) for i in range(len(names))]

@@ -31,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from synthimg.config import DownloadConfig
+from synthimg.data.parquet import read_table
 from synthimg.data.shards import finalize, sample_key, shard_name, write_shard
 from synthimg.errors import SynthimgError
 from synthimg.tasks.spec import TaskSpec
@@ -84,7 +85,7 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
     if finished is not None:  # a complete download of the same candidates: nothing to fetch again
         return finished
     _refuse_other_inputs(out, inputs)
-    cands = pd.read_parquet(path)
+    cands = read_table(path)
     missing = {"class_id", "url"} - set(cands.columns)
     if missing:
         raise SynthimgError(f"{path} lacks columns: {', '.join(sorted(missing))}")

@@ -103,17 +103,18 @@ def metadata_files(pattern: str) -> list[str]:
 
 def scan(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iterator[dict[str, Any]]:
     """Yield one candidate row per (caption, matching class)."""
-    import pyarrow.parquet as pq
+    from synthimg.data.parquet import iter_batches, parquet_file
 
     matcher = Matcher(task)
     for f in metadata_files(pattern):
-        parquet = pq.ParquetFile(f)
+        parquet = parquet_file(f)
         names = set(parquet.schema_arrow.names)
         if not {"url", "caption"} <= names:
             raise SynthimgError(f"{f} needs url and caption columns (has {', '.join(sorted(names))})")
         extra = [c for c in ("NSFW", "key", "uid", "id") if c in names]
         id_col = next((c for c in ("key", "uid", "id") if c in names), None)
-        for i, batch in enumerate(parquet.iter_batches(batch_size=batch_rows, columns=["url", "caption", *extra])):
+        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra])
+        for i, batch in enumerate(batches):
             cols = batch.to_pydict()
             ids = cols[id_col] if id_col else None
             nsfw = cols.get("NSFW")
