@@ -72,9 +72,11 @@ def _root(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     from synthimg import progress
+    from synthimg.logs import setup_logging
 
     _STATE["debug"] = debug
     progress.QUIET = quiet
+    setup_logging(debug)
 
 
 def _print_json(data: Any) -> None:
@@ -536,6 +538,7 @@ def captions_cmd(
     seed: Optional[int] = typer.Option(None),
     backgrounds: Optional[str] = typer.Option(None, help="backgrounds JSON (from `captions backgrounds`)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o"),
+    keep_parts: bool = typer.Option(False, "--keep-parts", help="keep the per-chunk files (OUT/_parts/) once done"),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
@@ -551,7 +554,7 @@ def captions_cmd(
     cfg = _resolve(config, overrides, "captions", {
         "per_class": per_class, "method": method, "llm": llm, "llm_url": llm_url, "llm_backend": llm_backend,
         "seed": seed, "backgrounds": backgrounds}, task, "--task is required")
-    table, stats = make_captions(get_task(cfg.task), cfg.captions, out)
+    table, stats = make_captions(get_task(cfg.task), cfg.captions, out, keep_parts=keep_parts)
     save_resolved(cfg, out)
     short = stats["short_classes"]
     typer.echo(f"wrote {len(table)} captions ({cfg.captions.per_class} per class, {cfg.captions.method}) to "
@@ -715,7 +718,7 @@ def index_serve(
     port: int = typer.Option(1234),
     host: str = typer.Option("127.0.0.1", help="bind address (loopback by default)"),
 ) -> None:
-    """Answer clip-retrieval's /knn-service and /indices-list for local indexes."""
+    """Serve clip-retrieval's back-end protocol (/knn-service, /metadata, /indices-list) for local indexes."""
     from synthimg.retrieval.index import LocalIndex
     from synthimg.retrieval.serve import make_server
 
@@ -787,8 +790,14 @@ def study_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and its cost; run nothing"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study folder (default: out: in the YAML)"),
     as_json: bool = typer.Option(False, "--json", help="with --dry-run: the plan as JSON"),
+    log: Optional[str] = typer.Option(None, "--log", help=(
+        "where the steps' own output goes (default: STUDY/study.log; '-': the terminal, as with --debug)")),
 ) -> None:
-    """Run every missing step of a study grid (arms x scales x seeds x lrs), then collect and report."""
+    """Run every missing step of a study grid (arms x scales x seeds x lrs), then collect and report.
+
+    The terminal shows one line per step with the elapsed time; what the steps print goes to
+    the log file.
+    """
     from synthimg.study.run import plan_rows, run_study
     from synthimg.study.spec import load_study
 
@@ -804,11 +813,23 @@ def study_cmd(
             _print_plan(study, rows, cost, coverage)
         check_coverage(coverage)
         return
-    stats = run_study(study, _invoke)
+    from rich.console import Console
+
+    from synthimg.progress import terminal
+
+    log_file = None if (log == "-" or _STATE["debug"]) else Path(log) if log else Path(study.out) / "study.log"
+    screen = terminal()
+    console = Console(file=screen, highlight=False)
+    if log_file is not None:
+        console.print(f"step output: {log_file}", markup=False)
+    stats = run_study(study, _invoke, echo=lambda m: console.print(m, markup=False), log_file=log_file,
+                      live=None if progress_quiet() else console.status)
     typer.echo(f"{stats['cells_done']}/{stats['cells']} cells done; {stats['ran']} steps ran now, "
                f"{stats['done_before']} were done before, {len(stats['failed'])} failed, {len(stats['blocked'])} blocked")
     for sid, msg in stats["failed"].items():
         typer.echo(f"failed: {sid}: {msg}", err=True)
+    if stats.get("headline"):
+        _print_answer(console, stats)
     if stats.get("report"):
         typer.echo(f"results: {stats['results']}\nreport: {stats['report']}")
     if stats["failed"]:
@@ -891,12 +912,53 @@ def toyworld_pretrain(
     world: Path = typer.Option(..., "--world", help="a world from `synthimg toyworld build` (default size, same seed)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="weights folder (default: the package's own)"),
     seed: int = typer.Option(0),
+    unet_steps: Optional[int] = typer.Option(None, help="UNet steps (default: the shipped recipe's)"),
+    eval_every: int = typer.Option(0, help="every N UNet steps, print the fidelity of the EMA weights (0: never)"),
 ) -> None:
-    """Reproduce the shipped tiny CLIP and tiny Stable Diffusion pipeline from the world."""
-    from synthimg.toyworld.pretrain import WEIGHTS, pretrain
+    """Reproduce the shipped tiny CLIP and tiny Stable Diffusion pipeline from the world.
 
-    stats = pretrain(world, out or WEIGHTS, seed=seed, echo=typer.echo)
-    typer.echo(f"CLIP {stats['clip']['seconds']:.0f}s, SD {stats['sd']['seconds']:.0f}s -> {out or WEIGHTS}")
+    Stages (clip, vae, unet) already in OUT with the same recipe are kept; an interrupted UNet
+    run continues from its last checkpoint.
+    """
+    from synthimg.toyworld.pretrain import WEIGHTS, Recipe, pretrain
+
+    recipe = Recipe(seed=seed, **({} if unet_steps is None else {"unet_steps": unet_steps}))
+    target = out or WEIGHTS
+    evaluate = None
+    if eval_every:
+        from synthimg.toyworld.fidelity import demo_sampling, load_judge, measure
+        from synthimg.toyworld.pretrain import CLIP_FILE
+
+        def evaluate(pipe: Any, step: int) -> str:
+            res = measure(pipe, load_judge(Path(target) / CLIP_FILE), per_class=10, steps=demo_sampling()[0])
+            return f"fidelity {res['accuracy']:.3f} (real {res['real_accuracy']:.3f}, chance {res['chance']:.2f})"
+
+    stats = pretrain(world, target, recipe, echo=typer.echo, evaluate=evaluate, eval_every=eval_every)
+    seconds = sum(stats[k].get("seconds", 0) for k in ("clip", "vae", "unet") if k in stats)
+    typer.echo(f"pretrained in {seconds / 60:.0f} min of stage time -> {target}")
+
+
+@toyworld_app.command("fidelity")
+def toyworld_fidelity(
+    weights: Optional[Path] = typer.Option(None, "--weights", help="weights folder (default: the shipped ones)"),
+    per_class: int = typer.Option(20, help="images per class, generated and real"),
+    steps: Optional[int] = typer.Option(None, help="DDIM steps (default: the demo's, so it measures what the demo trains on)"),
+    cfg: float = typer.Option(2.0, help="classifier-free guidance scale"),
+    sheet: Optional[Path] = typer.Option(None, help="also write a contact sheet (generated | real) to this PNG"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON only"),
+) -> None:
+    """Does the toy generator draw what it is asked for? The toy CLIP's zero-shot accuracy on its images."""
+    from synthimg.toyworld.fidelity import fidelity
+
+    res = fidelity(weights, per_class, steps, cfg, sheet)
+    steps = res["steps"]
+    if as_json:
+        _print_json({k: res[k] for k in ("accuracy", "chance", "real_accuracy")} | res)
+        return
+    typer.echo(f"generated: {res['accuracy']:.3f}   real upstream: {res['real_accuracy']:.3f}   chance: "
+               f"{res['chance']:.3f}   ({per_class} per class, DDIM {steps} steps, CFG {cfg:g})")
+    for name, acc in res["per_class"].items():
+        typer.echo(f"  {name:>10}: generated {acc:.2f}  real {res['per_class_real'][name]:.2f}")
 
 
 @app.command("demo")
@@ -904,46 +966,77 @@ def demo_cmd(
     out: Path = typer.Option(Path("synthimg-demo"), "--out", "-o", help="where the world, study and report go"),
     quick: bool = typer.Option(False, "--quick", help="a sub-minute smoke version (one seed, one scale)"),
 ) -> None:
-    """The whole study in miniature on the toy world (no downloads): every stage, then the report."""
-    import pandas as pd
-    from rich.console import Console
-    from rich.table import Table
+    """The whole study in miniature on the toy world (no downloads): every stage, then the report.
 
+    The console shows one line per step; everything else (libraries' warnings and progress
+    bars) goes to OUT/demo.log, or to the terminal with ``synthimg --debug demo``.
+    """
+    from rich.console import Console
+
+    from synthimg.progress import terminal
     from synthimg.toyworld.demo import run_demo
 
-    console = Console()
-    stats = run_demo(out, quick, _invoke, echo=lambda m: console.print(m, markup=False, highlight=False))
+    screen = terminal()
+    console = Console(file=screen, highlight=False, width=None if screen.isatty() else 130)
+    log = None if _STATE["debug"] else out / "demo.log"
+    if log is not None:
+        console.print(f"details of every step: {log}", markup=False)
+    stats = run_demo(out, quick, _invoke, echo=lambda m: console.print(m, markup=False), log_file=log,
+                     live=None if progress_quiet() else console.status)
     if stats["failed"]:
         for sid, msg in stats["failed"].items():
-            typer.echo(f"failed: {sid}: {msg}", err=True)
-        raise SynthimgError(f"{len(stats['failed'])} demo steps failed; rerun to retry them")
-    summary = pd.read_csv(stats["summary"])
-    for mode, rows in summary.groupby("eval_mode", sort=False):
-        table = Table("arm", "images", "test acc1 (%)", "seeds", "vs baseline",
-                      title=f"{'zero-shot' if mode == 'zs' else 'linear probe'} on {rows['dataset'].iloc[0]}")
-        for r in rows.sort_values(["arm", "num_train_images"]).itertuples():
-            std = f" ± {100 * r.acc1_std:.1f}" if r.acc1_std == r.acc1_std else ""
-            delta = f"{100 * r.delta_acc1:+.1f}" if r.delta_acc1 == r.delta_acc1 else "-"
-            table.add_row(r.arm, f"{int(r.num_train_images):,}", f"{100 * r.acc1_mean:.1f}{std}", str(int(r.acc1_count)),
-                          delta)
-        console.print(table)
-    for note in stats.get("notes", []):
-        console.print(note, markup=False, highlight=False)
+            console.print(f"failed: {sid}: {msg}", markup=False)
+        raise SynthimgError(f"{len(stats['failed'])} demo steps failed; rerun to retry them"
+                           + (f" (details in {log})" if log else ""))
+    _print_answer(console, stats)
     report = Path(stats["report"]).parent
-    console.print(f"report: {stats['report']}\nplots: {report}/scaling_*.png\ngalleries: {report}/galleries/\n"
-                  f"rerun or extend: synthimg study {stats['study_yaml']}", markup=False, highlight=False)
+    console.print(f"\nreport: {stats['report']}\nplots: {report}/scaling_*.png\ngalleries: {report}/galleries/\n"
+                  f"rerun or extend: synthimg study {stats['study_yaml']}", markup=False)
+
+
+def progress_quiet() -> bool:
+    from synthimg import progress
+
+    return progress.QUIET
+
+
+def _print_answer(console: Any, stats: dict[str, Any]) -> None:
+    """The study's answer first (retrieved − synthetic with intervals), then each task's arm table and the notes."""
+    from rich.table import Table
+
+    console.print(f"\n{stats['question']}", markup=False)
+    console.print(stats["headline"], markup=False, style="bold")
+    rows = stats.get("answer_table", [])
+    if rows:
+        table = Table(*rows[0].keys(), title="retrieved − synthetic at equal N (test accuracy, points)")
+        for r in rows:
+            table.add_row(*[str(v) for v in r.values()])
+        console.print(table)
+    for task, rows in stats.get("arm_tables", {}).items():
+        table = Table(*(rows[0].keys() if rows else []), title=f"{task}: test accuracy (%), mean ± std over seeds")
+        for r in rows:
+            table.add_row(*[str(v) for v in r.values()])
+        console.print(table)
+    for note in stats.get("data_notes", []):
+        console.print(f"- {note}", markup=False)
 
 
 @app.command("report")
 def report_cmd(
     results: list[Path] = typer.Argument(..., help="results.jsonl files (or run folders holding them)"),
     out: Path = typer.Option(..., "--out", "-o"),
+    baseline: list[Path] = typer.Option([], "--baseline", help=(
+        "a CLIP_benchmark result file of the pretrained model: the baseline row (repeatable)")),
 ) -> None:
-    """Tables (Markdown, LaTeX, CSV), scaling plots (PNG, PDF), a cost table and report.html."""
+    """Tables (Markdown, LaTeX, CSV), scaling plots (PNG, PDF), a cost table and report.html.
+
+    Besides our results.jsonl, RESULTS may be CLIP_benchmark output files as `clip_benchmark
+    eval` writes them: each becomes an external row named after its file.
+    """
     from synthimg.report.build import build_report
 
-    info = build_report(list(results), out)
-    for line in [info["headline"], *info["answer"], *info["notes"]]:
+    info = build_report(list(results), out, baselines=list(baseline))
+    for line in [info["question"], info["headline"], *info["answer"], *info["notes"]]:
         typer.echo(line)
     typer.echo(f"{info['cells']} cells -> {out}; open {info['html']}")
 

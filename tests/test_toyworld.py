@@ -14,13 +14,7 @@ from PIL import Image
 
 from synthimg.data.loader import shard_pipeline
 from synthimg.data.shards import list_shards
-from synthimg.toyworld.pretrain import (
-    CLIP_FILE,
-    SD_FOLDER,
-    WEIGHTS,
-    pretrain,
-    write_world_tokenizer,
-)
+from synthimg.toyworld.pretrain import CLIP_FILE, CONTEXT, SD_FOLDER, WEIGHTS, Recipe, pretrain
 from synthimg.toyworld.world import WorldConfig, build_world, upstream_sample
 
 SMALL = WorldConfig(upstream=400, bench_train=4, bench_val=2, bench_test=6, planted_per_task=4)
@@ -101,7 +95,7 @@ def test_shipped_weights_load_offline_through_the_real_paths():
     clip, sd = WEIGHTS / CLIP_FILE, WEIGHTS / SD_FOLDER
     assert clip.is_file() and (sd / "model_index.json").is_file()
     size = clip.stat().st_size + sum(p.stat().st_size for p in sd.rglob("*") if p.is_file())
-    assert size <= 25 * 2**20
+    assert size <= 25_000_000  # 25 MB, the budget for everything shipped
     bundle = create_clip("synthimg-toy-clip", str(clip))
     with torch.no_grad():
         feats = bundle.model.encode_image(torch.zeros(1, 3, 32, 32))
@@ -110,32 +104,84 @@ def test_shipped_weights_load_offline_through_the_real_paths():
     out = pipe(["a photo of a circle."], num_inference_steps=2, height=32, width=32, guidance_scale=2.0,
                generator=torch.Generator().manual_seed(0), output_type="pil")
     assert out.images[0].size == (32, 32)
-    assert pipe.tokenizer("hexagon").input_ids[1:-1] == [pipe.tokenizer.convert_tokens_to_ids("hexagon</w>")]
+    # Like SD's, the pipeline's text encoder is the frozen text tower of the CLIP trained on the same upstream
+    texts = ["a photo of a circle.", "small red six-sided shape png"]
+    ids = pipe.tokenizer(texts, padding="max_length", max_length=CONTEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = pipe.text_encoder(ids).pooler_output @ bundle.model.text_projection.float()
+        theirs = bundle.model.float().encode_text(bundle.tokenizer(texts))
+    assert torch.allclose(ours, theirs, atol=1e-4)
 
 
-def test_world_tokenizer_spells_world_words_and_falls_back_to_characters(tmp_path):
-    tok = write_world_tokenizer(tmp_path / "tok")
-    assert len(tok("octagon").input_ids) == 3  # start, one word token, end
-    assert len(tok("zyzzyva").input_ids) > 3  # unknown words become characters, never <unk>
-    assert tok.unk_token_id not in tok("zyzzyva!").input_ids[1:-1]
-    assert tok.decode(tok("zyzzyva!").input_ids[1:-1]).replace(" ", "") == "zyzzyva!"
+def test_every_caption_and_prompt_fits_the_toy_context(small_world):
+    from synthimg.models.clip_text import clip_tokenizer
+    from synthimg.tasks import get_task
+    from synthimg.toyworld.world import TASKS
+
+    tok = clip_tokenizer(small_world / "tok", CONTEXT)
+    captions = list(pd.read_parquet(small_world / "upstream" / "metadata.parquet")["caption"])
+    prompts = [p for name in TASKS for c in range(get_task(name).num_classes) for p in get_task(name).prompts(c)]
+    longest = max(len(ids) for ids in tok(captions + prompts).input_ids)
+    assert longest <= CONTEXT, longest
 
 
-def test_pretraining_runs_a_few_steps(small_world, tmp_path):
-    stats = pretrain(small_world, tmp_path / "w", quick=True, echo=lambda *_: None)
-    assert (tmp_path / "w" / CLIP_FILE).is_file() and (tmp_path / "w" / SD_FOLDER / "unet").is_dir()
-    assert stats["clip"]["steps"] == 5 and stats["sd"]["unet_steps"] == 3
+def _unet_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / SD_FOLDER / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_pretraining_runs_and_an_interrupted_unet_resumes_to_the_same_weights(small_world, tmp_path):
+    stats = pretrain(small_world, tmp_path / "a", Recipe.quick(), echo=lambda *_: None)
+    assert (tmp_path / "a" / CLIP_FILE).is_file() and (tmp_path / "a" / SD_FOLDER / "unet").is_dir()
+    assert stats["clip"]["steps"] == 5 and stats["unet"]["steps"] == 4
+    assert not (tmp_path / "a" / SD_FOLDER / "tokenizer" / "tokenizer.json").exists()  # vocab + merges only
+
+    def crash(pipe, step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # after the step-2 checkpoint
+        pretrain(small_world, tmp_path / "b", Recipe.quick(), echo=lambda *_: None, evaluate=crash, eval_every=3)
+    assert (tmp_path / "b" / "_unet_checkpoint.pt").is_file()
+    lines = []
+    pretrain(small_world, tmp_path / "b", Recipe.quick(), echo=lines.append)
+    assert "clip: done, kept" in lines and "vae: done, kept" in lines and "unet: resuming after step 2" in lines
+    a, b = _unet_tensors(tmp_path / "a"), _unet_tensors(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "_unet_checkpoint.pt").exists()
+
+    # the fidelity contract on these weights: the three keys, as many real images as generated, same classes
+    from synthimg.tasks import get_task
+    from synthimg.toyworld.fidelity import fidelity, real_images
+
+    res = fidelity(tmp_path / "a", per_class=2, steps=2, sheet=tmp_path / "sheet.png")
+    assert {"accuracy", "chance", "real_accuracy"} <= set(res) and res["chance"] == pytest.approx(0.1)
+    assert 0 <= res["accuracy"] <= 1 and res["steps"] == 2 and len(res["per_class"]) == 10
+    assert Image.open(tmp_path / "sheet.png").size[1] > 10 * 32
+    _, labels = real_images(get_task("toy_shapes"), 2)
+    assert sorted(labels) == sorted(c for c in range(10) for _ in range(2))
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
 
 
 def test_demo_quick_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "synthimg", "--quiet", "demo", "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "synthimg", "demo", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True)  # the default console, as a new user sees it
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = tmp_path / "study_quick" / "report"
     assert (report / "report.html").is_file() and (report / "scaling_toy_shapes.png").is_file()
-    assert "zero-shot on toy_shapes" in proc.stdout and "report:" in proc.stdout
+    console = proc.stdout + proc.stderr
+    assert "Warning" not in console and "<|endoftext|>" not in console and "Traceback" not in console
+    assert (tmp_path / "demo.log").stat().st_size > 0  # the libraries' output went to the log
+    results = proc.stdout.index("Answer on this run")  # the answer comes first, then the tables
+    assert results < proc.stdout.index("retrieved − synthetic at equal N") < proc.stdout.index("toy_shapes: test")
+    assert "report:" in proc.stdout
     summary = pd.read_csv(report / "summary.csv")
-    assert {"synthetic", "retrieved", "retrieved_substring", "zeroshot_baseline"} <= set(summary["arm"])
+    assert {"synthetic", "retrieved", "retrieved_substring", "target_train", "zeroshot_baseline"} <= set(summary["arm"])
     html = (report / "report.html").read_text()
     assert "planted in the upstream" in html and "decontamination dropped" in html
     assert "retrieved - synthetic" in html  # the study's question, answered in the report
@@ -145,6 +191,6 @@ def test_demo_quick_end_to_end(tmp_path):
     assert cost[cost["arm"] == "synthetic"].iloc[0]["data_generate_gpu_hours"] > 0
     again = subprocess.run([sys.executable, "-m", "synthimg", "--quiet", "demo", "--quick", "--out", str(tmp_path)],
                            capture_output=True, text=True)
-    assert again.returncode == 0 and "0 steps ran" not in again.stderr
+    assert again.returncode == 0 and "Answer on this run" in again.stdout
     stats = json.loads((tmp_path / "study_quick" / "study_stats.json").read_text())
     assert stats["ran"] == 0  # a rerun reuses every finished stage

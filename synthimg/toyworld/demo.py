@@ -17,7 +17,7 @@ from synthimg.study.plan import Step
 TEMPLATE = Path(__file__).resolve().parent / "demo.yaml"
 # --quick: a sub-minute smoke version of the same study (one seed, one scale, a smaller world)
 QUICK = ["seeds=[0]", "scales=[30]", "arms.synthetic.pool_per_class=10", "arms.retrieved.pool_per_class=10",
-         "arms.retrieved_substring.pool_per_class=10", "base.train.epochs=1", "base.train.batch_size=10", "base.eval.lp_epochs=10",
+         "arms.retrieved_substring.pool_per_class=10", "base.train.epochs=1", "base.train.steps_per_epoch=5", "base.train.batch_size=10", "base.eval.lp_epochs=10",
          "base.generate.steps=8", "base.retrieve.k_per_query=50"]
 
 
@@ -74,8 +74,14 @@ def _images_of(step: Step, steps: list[Step]) -> str:
     raise KeyError(step.id)
 
 
-def run_demo(out: str | Path, quick: bool, invoke: Any, echo: Any = print) -> dict[str, Any]:
-    """Build the world, run the demo study, return its stats (with the summary table's path)."""
+def run_demo(out: str | Path, quick: bool, invoke: Any, echo: Any = print, log_file: Path | None = None,
+             live: Any = None) -> dict[str, Any]:
+    """Build the world, run the demo study, return its stats (with the summary table's path).
+
+    ``log_file``: where everything but ``echo``'s one line per step goes (libraries' warnings,
+    progress bars, child processes); None leaves it all on the terminal.
+    """
+    from synthimg.progress import output_to
     from synthimg.study.run import run_study
     from synthimg.study.spec import load_study
     from synthimg.toyworld.pretrain import WEIGHTS
@@ -85,10 +91,11 @@ def run_demo(out: str | Path, quick: bool, invoke: Any, echo: Any = print) -> di
     world = out / ("world_quick" if quick else "world")
     cfg = WorldConfig(upstream=3000 if quick else 8000)  # the first images of the world the models saw
     echo(f"toy world: {cfg.upstream:,} upstream images -> {world}")
-    build_world(world, cfg)
-    path = resolved_yaml(out, world, WEIGHTS)
-    study = load_study(path, QUICK if quick else None, out / ("study_quick" if quick else "study"))
-    stats = run_study(study, invoke, echo, notes=planted_notes(world, study.task))
+    with output_to(log_file):
+        build_world(world, cfg)
+        path = resolved_yaml(out, world, WEIGHTS)
+        study = load_study(path, QUICK if quick else None, out / ("study_quick" if quick else "study"))
+        stats = run_study(study, invoke, echo, notes=planted_notes(world, study.task), log_file=log_file, live=live)
     stats["summary"] = str(Path(study.out) / "report" / "summary.csv")
     stats["study_yaml"] = str(path)
     return stats

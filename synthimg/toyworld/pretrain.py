@@ -1,26 +1,35 @@
 """Pretrain the toy world's models on its upstream, as LAION-scale models are trained on LAION.
 
-- **Tiny CLIP** (open_clip config ``synthimg-toy-clip``): the symmetric contrastive loss of
-  open_clip (``open_clip.loss.ClipLoss``) on upstream (image, caption) pairs.
-- **Tiny text-to-image model**: a real diffusers ``StableDiffusionPipeline`` folder
-  (``AutoencoderKL``, ``UNet2DConditionModel``, ``CLIPTextModel``, ``CLIPTokenizer`` whose
-  vocabulary is built from the world's words, ``DDIMScheduler``). The VAE is trained to
-  reconstruct, then UNet and text encoder with the standard noise-prediction objective,
-  dropping 10% of captions for classifier-free guidance.
+Three stages, each written to the weights folder and skipped on a rerun once its output is
+there (the UNet stage also resumes from its last checkpoint, exactly: every step's batch,
+noise and timesteps come from ``(seed, step)``):
 
-Both are written in half precision (safetensors) and load through the same paths as the real
-models: ``create_clip("synthimg-toy-clip", pretrained=FILE)`` and
+- **clip**: tiny CLIP (open_clip config ``synthimg-toy-clip``), the symmetric contrastive loss
+  of open_clip (``open_clip.loss.ClipLoss``) on upstream (image, caption) pairs.
+- **vae**: a diffusers ``AutoencoderKL`` with an 8x8x8 latent (f=4), trained to reconstruct.
+- **unet**: a ``UNet2DConditionModel`` with text cross-attention at both resolutions, trained
+  with the standard noise-prediction objective, conditioned like Stable Diffusion on a
+  *frozen CLIP text encoder trained on the same upstream*: the toy CLIP's text tower,
+  converted to ``transformers``' ``CLIPTextModel`` (:mod:`synthimg.models.clip_text`) with
+  OpenAI CLIP's tokenizer. Captions are dropped 15% of the time for classifier-free guidance,
+  and the shipped weights are an EMA (0.999) of the UNet's.
+
+The pipeline is a real diffusers ``StableDiffusionPipeline`` folder in half precision, so the
+toy models load through the same paths as the real ones:
+``create_clip("synthimg-toy-clip", pretrained=FILE)`` and
 ``StableDiffusionPipeline.from_pretrained(FOLDER)``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import re
+import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from synthimg.toyworld import world as W
 
@@ -29,6 +38,9 @@ log = logging.getLogger("synthimg.toyworld")
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 CLIP_FILE = "toy_clip.safetensors"
 SD_FOLDER = "toy_sd"
+VAE_FOLDER = "_vae"  # the vae stage's output before it joins the pipeline
+STATS_FILE = "pretrain_stats.json"
+CONTEXT = 32  # the toy CLIP's text context; every upstream caption fits (tested)
 
 
 def shipped_clip() -> Path:
@@ -39,6 +51,42 @@ def shipped_sd() -> Path:
     return WEIGHTS / SD_FOLDER
 
 
+@dataclass
+class Recipe:
+    """Every setting of the three stages; its hash names what a stage's output was made with."""
+
+    clip_steps: int = 2500
+    clip_batch: int = 256
+    clip_lr: float = 1e-3
+    vae_steps: int = 1500
+    vae_batch: int = 64
+    vae_lr: float = 1e-3
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_latent: int = 8
+    unet_steps: int = 12000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    unet_warmup: int = 200
+    unet_channels: tuple[int, ...] = (48, 96)
+    caption_dropout: float = 0.15
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "Recipe":
+        """A few steps of everything, for tests."""
+        return cls(clip_steps=5, clip_batch=32, vae_steps=3, vae_batch=16, unet_steps=4, unet_batch=16,
+                   unet_warmup=2, checkpoint_every=2, seed=seed)
+
+    def stage_hash(self, stage: str) -> str:
+        keys = {"clip": ["clip_", "seed"], "vae": ["vae_", "seed"], "unet": ["unet_", "caption", "ema", "seed"]}[stage]
+        chosen = {k: v for k, v in asdict(self).items() if any(k.startswith(p) for p in keys)}
+        if stage == "unet":  # the UNet is trained on the other two stages' outputs
+            chosen["upstream"] = [self.stage_hash("clip"), self.stage_hash("vae")]
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def load_upstream(world: Path) -> tuple[Any, list[str]]:
     """All upstream images as a uint8 tensor (N, 3, 32, 32) and their captions."""
     import numpy as np
@@ -47,57 +95,17 @@ def load_upstream(world: Path) -> tuple[Any, list[str]]:
     from synthimg.data.loader import shard_pipeline
     from synthimg.data.shards import list_shards
 
+    shards = list_shards(Path(world) / "upstream" / "shards")
+    if not shards:
+        raise FileNotFoundError(f"no upstream shards under {world}/upstream/shards: build it with `synthimg toyworld build`")
     images, captions = [], []
-    for rec in shard_pipeline([str(p) for p in list_shards(Path(world) / "upstream" / "shards")]):
+    for rec in shard_pipeline([str(p) for p in shards]):
         images.append(np.asarray(rec["image"].convert("RGB").resize((W.SIZE, W.SIZE)), dtype=np.uint8))
         captions.append(rec["text"])
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions
 
 
-def _world_words() -> list[str]:
-    """Every word the world's captions and the tasks' prompts use."""
-    from synthimg.tasks import get_task
-
-    text = " ".join(
-        [" ".join(v) for v in W.SYNONYMS.values()] + list(W.UPSTREAM_COLOURS) + list(W.BENCH_COLOURS)
-        + W.BACKGROUNDS + W.FILLER + W.UNRELATED + ["small big on background and a an the of photo image"]
-        + [t for name in W.TASKS for t in get_task(name).templates] + list(W.TASKS["toy_shapes"])
-        + list(W.TASKS["toy_polygons"]))
-    return sorted(set(re.findall(r"[a-z]+|[0-9]", text.lower())))
-
-
-def write_world_tokenizer(folder: Path) -> Any:
-    """A CLIPTokenizer whose BPE merges spell exactly the world's words (characters for anything else)."""
-    from transformers import CLIPTokenizer
-
-    chars = [chr(c) for c in range(33, 127)]
-    vocab: dict[str, int] = {}
-    for tok in chars + [c + "</w>" for c in chars]:
-        vocab.setdefault(tok, len(vocab))
-    merges: list[str] = []
-    for word in _world_words():
-        if len(word) < 2:
-            continue
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        left = parts[0]
-        for right in parts[1:]:
-            merge = f"{left} {right}"
-            left = left + right
-            if merge not in merges:
-                merges.append(merge)
-                vocab.setdefault(left, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32,
-                        pad_token="<|endoftext|>")
-    tok.save_pretrained(folder)
-    return tok
-
-
-def _batches(n: int, batch: int, steps: int, seed: int) -> Any:
+def _batches(n: int, batch: int, steps: int, seed: int) -> Iterator[Any]:
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -110,8 +118,18 @@ def _batches(n: int, batch: int, steps: int, seed: int) -> Any:
         pos += batch
 
 
-def pretrain_clip(world: Path, out: Path, steps: int = 500, batch: int = 128, lr: float = 1e-3, seed: int = 0,
-                  echo: Any = print) -> dict[str, Any]:
+def _step_batch(n: int, batch: int, step: int, seed: int) -> Any:
+    """Step ``step``'s (1-based) sample indices: epoch-wise permutations keyed by (seed, epoch)."""
+    import torch
+
+    per_epoch = n // batch
+    epoch, pos = divmod(step - 1, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[pos * batch : (pos + 1) * batch]
+
+
+def pretrain_clip(world: Path, out: Path, steps: int = 2500, batch: int = 256, lr: float = 1e-3, seed: int = 0,
+                  echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """Contrastive pretraining of ``synthimg-toy-clip`` on the upstream; writes ``OUT`` (safetensors, fp16)."""
     import torch
     from open_clip.loss import ClipLoss
@@ -143,102 +161,225 @@ def pretrain_clip(world: Path, out: Path, steps: int = 500, batch: int = 128, lr
         sched.step()
         losses.append(loss.item())
         if step % 100 == 0 or step == steps:
-            echo(f"clip step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.3f}")
+            echo(f"clip step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.3f} "
+                 f"({time.time() - start:.0f}s)")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(out))
     return {"steps": steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]), "seconds": time.time() - start}
 
 
-def _sd_parts(vocab_size: int) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32,
-                                        projection_dim=64, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-                                        pad_token_id=vocab_size - 1))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        layers_per_block=1, norm_num_groups=16, sample_size=W.SIZE, mid_block_add_attention=False)
-    unet = UNet2DConditionModel(sample_size=W.SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
-                                attention_head_dim=8, norm_num_groups=8)  # text attention at 8x8 latents only
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return {"text_encoder": text, "vae": vae, "unet": unet, "scheduler": scheduler}
-
-
-def pretrain_sd(world: Path, out: Path, vae_steps: int = 250, unet_steps: int = 1200, batch: int = 48,
-                seed: int = 0, echo: Any = print) -> dict[str, Any]:
-    """Train the tiny text-to-image pipeline on the upstream; writes a diffusers folder at ``OUT``."""
+def pretrain_vae(world: Path, out: Path, recipe: Recipe, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+    """An ``AutoencoderKL`` (latent 8x8 x ``vae_latent``) trained to reconstruct the upstream."""
     import torch
     import torch.nn.functional as F
-    from diffusers import StableDiffusionPipeline
+    from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     start = time.time()
-    images, captions = load_upstream(world)
-    tok = write_world_tokenizer(out / "tokenizer")
-    parts = _sd_parts(len(tok))
-    vae, unet, text = parts["vae"], parts["unet"], parts["text_encoder"]
+    images, _ = load_upstream(world)
     pixels = images.float() / 127.5 - 1
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    for step, idx in enumerate(_batches(len(pixels), 32, vae_steps, seed), 1):
+    blocks = len(recipe.vae_channels)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=recipe.vae_latent,
+                        block_out_channels=tuple(recipe.vae_channels), down_block_types=("DownEncoderBlock2D",) * blocks,
+                        up_block_types=("UpDecoderBlock2D",) * blocks, layers_per_block=1, norm_num_groups=16,
+                        sample_size=W.SIZE, mid_block_add_attention=False)
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.vae_lr, total_steps=recipe.vae_steps,
+                                                pct_start=0.05)
+    losses = []
+    for step, idx in enumerate(_batches(len(pixels), recipe.vae_batch, recipe.vae_steps, recipe.seed), 1):
         post = vae.encode(pixels[idx]).latent_dist
-        z = post.sample()
-        rec = vae.decode(z).sample
+        rec = vae.decode(post.sample()).sample
         loss = F.mse_loss(rec, pixels[idx]) + 1e-6 * post.kl().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % 100 == 0 or step == vae_steps:
-            echo(f"vae step {step}/{vae_steps} loss {float(loss):.4f}")
-    vae.eval().requires_grad_(False)
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == recipe.vae_steps:
+            echo(f"vae step {step}/{recipe.vae_steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
+                 f"({time.time() - start:.0f}s)")
+    vae.save_pretrained(out)  # fp32 until the pipeline is written
+    return {"steps": recipe.vae_steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+            "seconds": time.time() - start}
+
+
+def text_encoder_from_clip(clip_file: Path, tokenizer_dir: Path) -> tuple[Any, Any]:
+    """The toy CLIP's text tower as a frozen ``CLIPTextModel`` and OpenAI CLIP's tokenizer (context 32)."""
+    from synthimg.models.clip import create_clip
+    from synthimg.models.clip_text import clip_tokenizer, to_hf_text_model
+
+    bundle = create_clip("synthimg-toy-clip", str(clip_file))
+    text = to_hf_text_model(bundle.model.float()).requires_grad_(False)
+    return text, clip_tokenizer(tokenizer_dir, CONTEXT)
+
+
+def _unet(recipe: Recipe, latent_channels: int, text_width: int) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    n = len(recipe.unet_channels)
+    return UNet2DConditionModel(sample_size=W.SIZE // 4, in_channels=latent_channels, out_channels=latent_channels,
+                                layers_per_block=1, block_out_channels=tuple(recipe.unet_channels),
+                                down_block_types=("CrossAttnDownBlock2D",) * n,
+                                up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=text_width,
+                                attention_head_dim=16, norm_num_groups=16)
+
+
+def scheduler() -> Any:
+    """SD 1.5's noise schedule (scaled linear betas 0.00085..0.012, 1000 steps) as a DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
+def _lr_factor(step: int, recipe: Recipe) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step <= recipe.unet_warmup:
+        return step / max(1, recipe.unet_warmup)
+    done = (step - recipe.unet_warmup) / max(1, recipe.unet_steps - recipe.unet_warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+
+
+def pretrain_unet(world: Path, out: Path, clip_file: Path, vae_dir: Path, recipe: Recipe,
+                  echo: Callable[[str], Any] = print,
+                  evaluate: Callable[[Any, int], str] | None = None, eval_every: int = 0) -> dict[str, Any]:
+    """Train the UNet on VAE latents and frozen text states; writes the pipeline folder at ``OUT``.
+
+    A checkpoint (UNet, EMA, optimiser) is written every ``checkpoint_every`` steps beside
+    ``OUT``; a rerun continues from it and ends with the same weights as an uninterrupted run.
+    ``evaluate(pipe, step)``, if given, is called every ``eval_every`` steps on the EMA weights.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(recipe.seed)
+    start = time.time()
+    images, captions = load_upstream(world)
+    text, tok = text_encoder_from_clip(clip_file, out.parent / "_tokenizer")
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval().requires_grad_(False)
+    pixels = images.float() / 127.5 - 1
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i : i + 512]).latent_dist.mean for i in range(0, len(pixels), 512)])
-    scale = float(1.0 / latents.std())
-    vae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
-    ids = tok(captions, padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
-    empty = tok([""], padding="max_length", max_length=32, return_tensors="pt").input_ids
-    sched = parts["scheduler"]
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=unet_steps, pct_start=0.05)
-    losses = []
-    for step, idx in enumerate(_batches(len(latents), batch, unet_steps, seed + 1), 1):
-        x0 = latents[idx]
-        cond = ids[idx].clone()
-        drop = torch.rand(len(idx)) < 0.1
-        cond[drop] = empty
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),))
-        pred = unet(sched.add_noise(x0, noise, t), t, text(cond)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        scale = float(1.0 / latents.std())
+        vae.register_to_config(scaling_factor=scale)
+        latents = latents * scale
+        ids = tok(captions, padding="max_length", max_length=CONTEXT, truncation=True, return_tensors="pt").input_ids
+        empty = tok([""], padding="max_length", max_length=CONTEXT, return_tensors="pt").input_ids
+        states = torch.cat([text(ids[i : i + 1024])[0] for i in range(0, len(ids), 1024)])
+        empty_state = text(empty)[0]
+    unet = _unet(recipe, latents.shape[1], states.shape[-1])
+    sched = scheduler()
+    opt = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=0.01)
+    lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s + 1, recipe))
+    ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)
+    ckpt = out.parent / "_unet_checkpoint.pt"
+    first = 1
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if state["hash"] == recipe.stage_hash("unet"):
+            unet.load_state_dict(state["unet"])
+            opt.load_state_dict(state["opt"])
+            lr.load_state_dict(state["lr"])
+            ema.load_state_dict(state["ema"])
+            first = state["step"] + 1
+            echo(f"unet: resuming after step {state['step']}")
+
+    def pipeline(weights: Any) -> Any:
+        return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=weights.eval(),
+                                       scheduler=sched, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
+    def ema_unet() -> Any:
+        shadow = copy.deepcopy(unet)
+        ema.copy_to(shadow.parameters())
+        return shadow
+
+    losses: list[float] = []
+    evals: dict[int, str] = {}
+    for step in range(first, recipe.unet_steps + 1):
+        unet.train()
+        idx = _step_batch(len(latents), recipe.unet_batch, step, recipe.seed + 1)
+        g = torch.Generator().manual_seed(recipe.seed * 7_919 + step)
+        x0, cond = latents[idx], states[idx].clone()
+        cond[torch.rand(len(idx), generator=g) < recipe.caption_dropout] = empty_state
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
+        loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t, cond).sample, noise)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        lr_sched.step()
+        lr.step()
+        ema.step(unet.parameters())
         losses.append(loss.item())
-        if step % 100 == 0 or step == unet_steps:
-            echo(f"unet step {step}/{unet_steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f}")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text.eval(), tokenizer=tok, unet=unet.eval(),
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+        if step % 100 == 0 or step == recipe.unet_steps:
+            echo(f"unet step {step}/{recipe.unet_steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
+                 f"({time.time() - start:.0f}s)")
+        if evaluate is not None and eval_every and step % eval_every == 0:
+            evals[step] = evaluate(pipeline(ema_unet()), step)
+            echo(f"unet step {step}: {evals[step]}")
+        if step % recipe.checkpoint_every == 0 and step < recipe.unet_steps:
+            torch.save({"hash": recipe.stage_hash("unet"), "step": step, "unet": unet.state_dict(),
+                        "opt": opt.state_dict(), "lr": lr.state_dict(), "ema": ema.state_dict()}, ckpt.with_suffix(".tmp"))
+            ckpt.with_suffix(".tmp").replace(ckpt)
+    pipe = pipeline(ema_unet())
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    return {"vae_steps": vae_steps, "unet_steps": unet_steps, "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "vae_scaling_factor": scale, "seconds": time.time() - start}
+    _slim_tokenizer(out / "tokenizer")
+    ckpt.unlink(missing_ok=True)
+    return {"steps": recipe.unet_steps, "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+            "vae_scaling_factor": scale, "seconds": time.time() - start, "evals": evals}
 
 
-def pretrain(world: Path, out: Path = WEIGHTS, seed: int = 0, quick: bool = False, echo: Any = print) -> dict[str, Any]:
-    """Reproduce the shipped weights from the world (``quick``: a few steps each, for tests)."""
+def _slim_tokenizer(folder: Path) -> None:
+    """Keep vocab.json + merges.txt (1.5 MB) and drop tokenizer.json (3.6 MB, rebuilt from them on load)."""
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        (folder / "tokenizer.json").unlink(missing_ok=True)
+
+
+def pretrain(world: Path, out: Path = WEIGHTS, recipe: Recipe | None = None, echo: Callable[[str], Any] = print,
+             evaluate: Callable[[Any, int], str] | None = None, eval_every: int = 0) -> dict[str, Any]:
+    """Reproduce the shipped weights from the world, stage by stage; finished stages are kept."""
+    import shutil
+
+    recipe = recipe or Recipe()
     out = Path(out)
-    kw_clip = {"steps": 5, "batch": 32} if quick else {}
-    kw_sd = {"vae_steps": 3, "unet_steps": 3, "batch": 16} if quick else {}
-    stats = {"clip": pretrain_clip(world, out / CLIP_FILE, seed=seed, echo=echo, **kw_clip),
-             "sd": pretrain_sd(world, out / SD_FOLDER, seed=seed, echo=echo, **kw_sd)}
-    (out / "pretrain_stats.json").write_text(json.dumps(stats, indent=1))
-    return stats
+    out.mkdir(parents=True, exist_ok=True)
+    stats_path = out / STATS_FILE
+    stats: dict[str, Any] = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    if stats.get("format") != 2:
+        stats = {"format": 2}
 
+    def done(stage: str, path: Path) -> bool:
+        return path.exists() and stats.get(stage, {}).get("hash") == recipe.stage_hash(stage)
+
+    def record(stage: str, result: dict[str, Any]) -> None:
+        stats[stage] = {**result, "hash": recipe.stage_hash(stage)}
+        stats["recipe"] = asdict(recipe)
+        stats_path.write_text(json.dumps(stats, indent=1))
+
+    if not done("clip", out / CLIP_FILE):
+        stats.pop("unet", None)
+        record("clip", pretrain_clip(world, out / CLIP_FILE, recipe.clip_steps, recipe.clip_batch, recipe.clip_lr,
+                                     recipe.seed, echo))
+    else:
+        echo("clip: done, kept")
+    if not done("vae", out / VAE_FOLDER) and not done("unet", out / SD_FOLDER):
+        record("vae", pretrain_vae(world, out / VAE_FOLDER, recipe, echo))
+    else:
+        echo("vae: done, kept")
+    if not done("unet", out / SD_FOLDER / "model_index.json"):
+        if (out / SD_FOLDER).exists():
+            shutil.rmtree(out / SD_FOLDER)
+        record("unet", pretrain_unet(world, out / SD_FOLDER, out / CLIP_FILE, out / VAE_FOLDER, recipe, echo,
+                                     evaluate, eval_every))
+    else:
+        echo("unet: done, kept")
+    for scratch in (out / VAE_FOLDER, out / "_tokenizer"):
+        if scratch.exists():
+            shutil.rmtree(scratch)
+    return stats
