@@ -86,6 +86,20 @@ def test_splits_are_disjoint_and_labelled(small_world):
             seen |= d
 
 
+def test_eval_sets_load_with_clip_benchmarks_own_builder(small_world):
+    from clip_benchmark.datasets.builder import build_wds_dataset
+
+    from synthimg.tasks import get_task
+
+    root = small_world / "eval" / "toy_shapes"
+    for split, per in (("train", SMALL.bench_train), ("test", SMALL.bench_test)):
+        ds = build_wds_dataset("wds/toy_shapes", transform=lambda im: im.size, split=split, data_dir=str(root))
+        rows = list(ds)
+        assert len(rows) == per * 10 and {label for _, label in rows} == set(range(10))
+        assert all(size == (32, 32) for size, _ in rows)
+        assert ds.classes == get_task("toy_shapes").classnames and ds.templates == get_task("toy_shapes").templates
+
+
 def test_shipped_weights_load_offline_through_the_real_paths():
     import torch
     from diffusers import StableDiffusionPipeline

@@ -162,16 +162,18 @@ class ShardWriter:
     place, so a crash leaves a truncated tar that looks complete).
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], prefix: str = "shard", maxcount: int = 1000, start: int = 0):
+    def __init__(self, out_dir: str | os.PathLike[str], prefix: str = "shard", maxcount: int = 1000, start: int = 0,
+                 names: Callable[[int], str] | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.prefix, self.maxcount, self.index = prefix, maxcount, start
+        self.names = names or (lambda i: shard_name(prefix, i))  # CLIP_benchmark's layout: lambda i: f"{i}.tar"
         self._shard: _OpenShard | None = None
         self.written: dict[str, int] = {}
 
     def _current(self) -> _OpenShard:
         if self._shard is None:
-            self._shard = _OpenShard(self.out_dir / shard_name(self.prefix, self.index))
+            self._shard = _OpenShard(self.out_dir / self.names(self.index))
         return self._shard
 
     def write(self, sample: dict[str, Any]) -> None:

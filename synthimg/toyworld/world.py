@@ -228,6 +228,7 @@ def planted_copy(jpeg: bytes) -> bytes:
 
 
 TASKS = {"toy_shapes": SHAPES, "toy_polygons": POLYGONS}
+LAYOUT = 2  # 2: eval splits in CLIP_benchmark's layout (SPLIT/0.tar, SPLIT/nshards.txt, templates file)
 
 
 def build_world(out: str | Path, cfg: WorldConfig = WorldConfig()) -> dict[str, Any]:
@@ -240,17 +241,24 @@ def build_world(out: str | Path, cfg: WorldConfig = WorldConfig()) -> dict[str, 
     """
     import pandas as pd
 
+    from synthimg.atomic import atomic_write
     from synthimg.data.shards import ShardWriter, finalize, sample_key
+    from synthimg.tasks import get_task
 
     out = Path(out)
     info_path = out / "world.json"
-    if info_path.is_file() and json.loads(info_path.read_text()).get("config") == cfg.__dict__:
-        return json.loads(info_path.read_text())
+    if info_path.is_file():
+        done = json.loads(info_path.read_text())
+        if done.get("config") == cfg.__dict__ and done.get("layout") == LAYOUT:
+            return done
     splits = {"train": cfg.bench_train, "val": cfg.bench_val, "test": cfg.bench_test}
     planted: list[dict[str, Any]] = []
     for task, classes in TASKS.items():
         for split, per_class in splits.items():
-            with ShardWriter(out / "eval" / task / split, maxcount=cfg.maxcount, prefix="eval") as w:
+            split_dir = out / "eval" / task / split
+            for old in split_dir.glob("*.tar") if split_dir.is_dir() else []:  # an earlier layout's shards
+                old.unlink()
+            with ShardWriter(split_dir, maxcount=cfg.maxcount, names=lambda i: f"{i}.tar") as w:
                 for i in range(per_class * len(classes)):
                     jpeg, label = bench_sample(cfg.seed, task, classes, split, i)
                     w.write({"__key__": sample_key(i), "jpg": jpeg, "cls": label, "txt": classes[label],
@@ -258,8 +266,11 @@ def build_world(out: str | Path, cfg: WorldConfig = WorldConfig()) -> dict[str, 
                     if split == "test" and i < cfg.planted_per_task:
                         planted.append({"task": task, "test_key": sample_key(i), "class_name": classes[label],
                                         "jpeg": planted_copy(jpeg)})
-            finalize(out / "eval" / task / split, classes)
-        (out / "eval" / task / "classnames.txt").write_text("\n".join(classes) + "\n")
+            finalize(split_dir, classes)
+            atomic_write(split_dir / "nshards.txt", f"{len(list(split_dir.glob('*.tar')))}\n")
+        root = out / "eval" / task
+        atomic_write(root / "classnames.txt", "\n".join(classes) + "\n")
+        atomic_write(root / "zeroshot_classification_templates.txt", "\n".join(get_task(task).templates) + "\n")
     up = out / "upstream"
     rows = []
     total = cfg.upstream + len(planted)
@@ -285,9 +296,7 @@ def build_world(out: str | Path, cfg: WorldConfig = WorldConfig()) -> dict[str, 
                 n += 1
     finalize(up / "shards", ["upstream"])
     pd.DataFrame(rows).to_parquet(up / "metadata.parquet", index=False)
-    info = {"config": cfg.__dict__, "upstream": total, "tasks": {t: len(c) for t, c in TASKS.items()},
+    info = {"config": cfg.__dict__, "layout": LAYOUT, "upstream": total, "tasks": {t: len(c) for t, c in TASKS.items()},
             "planted": [r for r in rows if r["planted_from"]]}
-    tmp = info_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(info_path)
+    atomic_write(info_path, json.dumps(info, indent=1))
     return info
