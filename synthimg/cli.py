@@ -294,13 +294,13 @@ def curate_score(
     """Score every sample against its own class's templates; cached, merged into the manifest."""
     from synthimg.config import save_resolved
     from synthimg.curation.clip_score import CACHE_DIR, score_shards
-    from synthimg.runtime import init_distributed
+    from synthimg import dist
     from synthimg.tasks import get_task
 
     cfg = _resolve(config, overrides, "curate", {"model": model, "reduce": reduce, "batch_size": batch_size,
                    "workers": workers, "pretrained": pretrained}, task,
                    "--task is required (the class templates to score against)")
-    rank, _ = init_distributed()
+    rank, _ = dist.init()
     table = score_shards(shards, get_task(cfg.task), cfg.curate)
     if rank == 0:
         save_resolved(cfg, shards / CACHE_DIR, "score_config.yaml")
@@ -491,9 +491,9 @@ def train_cmd(
     cfg = _resolve(config, overrides, "train", flags, task, "--task is required")
     evaluator = RunEvaluator(get_task(cfg.task), cfg.train.eval_root, cfg.eval) if cfg.train.eval_root else None
     run_dir = train(cfg, evaluator)
-    from synthimg.train.distributed import world_info
+    from synthimg import dist
 
-    if world_info()[0] == 0:
+    if dist.rank_world()[0] == 0:
         typer.echo(f"run finished: {run_dir}")
 
 
@@ -613,8 +613,8 @@ def generate_cmd(
 ) -> None:
     """Render captions (or SDEdit real images) into shards; resumable and split across torchrun ranks."""
 
+    from synthimg import dist
     from synthimg.config import save_resolved
-    from synthimg.runtime import init_distributed
     from synthimg.synthetic.generate import (
         apply_preset,
         generate,
@@ -639,7 +639,7 @@ def generate_cmd(
         items = text_items(load_captions(captions, spec), spec, gcfg)
     else:
         raise SynthimgError("--captions FILE (or --init-shards DIR for SDEdit) is required")
-    rank, _ = init_distributed()
+    rank, _ = dist.init()
     stats = generate(items, spec, gcfg, out)
     if rank == 0:
         save_resolved(cfg.model_copy(update={"generate": gcfg}), out)
@@ -690,18 +690,18 @@ def index_build(
     """Embed a collection (resumable by shard, torchrun-aware) and build faiss indexes + metadata."""
     from synthimg.config import save_resolved
     from synthimg.retrieval.index import build_index, embed_captions, embed_shards
-    from synthimg.runtime import barrier, init_distributed
+    from synthimg import dist
 
     cfg = _resolve(config, overrides, "index", {"model": model, "factory": factory, "pretrained": pretrained})
     if shards is None and captions is None:
         raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
     import time
 
-    rank, world = init_distributed()
+    rank, world = dist.init()
     start = time.time()
     if shards is not None:
         embed_shards(shards, out, cfg.index)
-    barrier()
+    dist.barrier()
     embed_seconds = (time.time() - start) * world
     if rank == 0:
         start = time.time()
@@ -774,11 +774,11 @@ def analyze_cmd(
 ) -> None:
     """FID/KID of each subset to the test set, a CLIP-score histogram and gallery thumbnails (for the report)."""
     from synthimg.evaluation.distance import analyze
-    from synthimg.runtime import default_device
+    from synthimg import dist
     from synthimg.tasks import get_task
 
     cfg = _resolve(config, overrides, "curate", {"model": model, "pretrained": pretrained}, task, "--task is required")
-    info = analyze(shards, list(keys), get_task(cfg.task), eval_root, cfg.curate, out, arm, device=default_device())
+    info = analyze(shards, list(keys), get_task(cfg.task), eval_root, cfg.curate, out, arm, device=dist.device())
     for s in info["subsets"]:
         typer.echo(f"{arm} n={s['num_train_images']}: FID {s['fid']:.3f}, KID {s['kid_mean']:.4f} +/- {s['kid_std']:.4f}")
 

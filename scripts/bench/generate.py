@@ -71,7 +71,7 @@ def main() -> None:
     from PIL import Image
 
     from synthimg.config import GenerateConfig
-    from synthimg.runtime import default_device
+    from synthimg.dist import device as default_device
     from synthimg.synthetic.generate import Item, generate
     from synthimg.tasks import get_task
 

@@ -45,7 +45,8 @@ def plain_loop(root: Path, args: argparse.Namespace, steps: int) -> float:
     import torchvision
 
     from synthimg.config import TrainConfig
-    from synthimg.runtime import autocast, default_device
+    from synthimg.dist import device as default_device
+    from synthimg.runtime import autocast
     from synthimg.tasks import get_task
     from synthimg.train.learners import build_learner
 

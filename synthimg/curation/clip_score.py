@@ -66,7 +66,8 @@ def score_shards(
     from synthimg.data.loader import SkipStats
     from synthimg.models.clip import create_clip
     from synthimg.progress import progress_bar
-    from synthimg.runtime import autocast, carried_gpu_seconds, default_device, gather_to_rank0
+    from synthimg import dist
+    from synthimg.runtime import autocast, carried_gpu_seconds
 
     shard_dir = Path(shard_dir)
     start = time.time()
@@ -78,7 +79,7 @@ def score_shards(
     new_rows: list[pd.DataFrame] = []
     stats = SkipStats()
     if todo:
-        device = default_device()
+        device = dist.device()
         bundle = create_clip(cfg.model, cfg.pretrained, device=device)
         bundle.model.eval()
         templates = template_embeddings(bundle, task, device).to(device)
@@ -91,7 +92,7 @@ def score_shards(
                 new_rows.append(pd.DataFrame({"key": batch["key"], "clip_score": scores.cpu().numpy()}))
                 bar.advance(len(batch["key"]))
     # Under torchrun each rank scored its own shards; rank 0 merges and writes.
-    gathered = gather_to_rank0(new_rows)
+    gathered = dist.gather_to_rank0(new_rows)
     if gathered is None:
         return pd.DataFrame()
     new_rows = [df for part in gathered for df in part]

@@ -261,14 +261,14 @@ def decontaminate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole stage; writes the outputs under ``out`` and returns the stats."""
-    from synthimg.runtime import default_device
+    from synthimg import dist
 
     shard_dir, out = Path(shard_dir), Path(out)
     start = time.time()
     manifest = read_manifest(shard_dir)
     if keys is not None:
         manifest = manifest[manifest["key"].isin(set(keys))]
-    descriptor = create_descriptor(cfg, default_device())
+    descriptor = create_descriptor(cfg, dist.device())
     if descriptor is None and not cfg.phash:
         raise SynthimgError("nothing to match with: set curate.descriptor or curate.phash")
     threshold = (cfg.threshold if cfg.threshold is not None else descriptor.default_threshold) if descriptor else None

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from synthimg.data.shards import IMAGE_EXTS, list_shards
+from synthimg.dist import rank_world
 from synthimg.errors import SynthimgError
 
 log = logging.getLogger(__name__)
@@ -74,24 +75,10 @@ class SkipHandler:
         return True
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialised, else torchrun/SLURM variables."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
-    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_var in os.environ and world_var in os.environ:
-            return int(os.environ[rank_var]), int(os.environ[world_var])
-    return 0, 1
-
 
 def split_by_node(src: Iterable[Any]) -> Iterator[Any]:
     """Explicit node splitter: rank r takes every world-th shard, starting at r."""
-    rank, world = dist_info()
+    rank, world = rank_world()
     for i, item in enumerate(src):
         if i % world == rank:
             yield item
@@ -227,7 +214,7 @@ def shard_loader(
     import torch
 
     shard_list = urls if isinstance(urls, list) else list_shards(urls)
-    _, world = dist_info()
+    _, world = rank_world()
     consumers = world * max(1, num_workers)
     if resample not in ("never", "auto", "always"):
         raise SynthimgError(f"resample must be one of never, auto, always (got {resample!r})")

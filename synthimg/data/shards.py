@@ -17,7 +17,7 @@ import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from synthimg.errors import SynthimgError
 

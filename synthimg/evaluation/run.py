@@ -159,9 +159,9 @@ def evaluate(
     """Evaluate an open_clip model or a synthimg checkpoint; append the lines to ``output``."""
     from synthimg.config import config_hash
     from synthimg.models.clip import ClipClassifier, create_clip
-    from synthimg.runtime import default_device
+    from synthimg import dist
 
-    device = default_device()
+    device = dist.device()
     if pretrained and is_synthimg_checkpoint(pretrained):
         learner, ckpt = load_learner(pretrained, device)
         tcfg = ckpt["config"]["train"]

@@ -38,10 +38,11 @@ def embed_shards(shards: str | Path, out: Path, cfg: IndexConfig, progress: bool
     from synthimg.data.loader import shard_pipeline
     from synthimg.data.shards import list_shards
     from synthimg.models.clip import create_clip
-    from synthimg.runtime import autocast, default_device, init_distributed
+    from synthimg import dist
+    from synthimg.runtime import autocast
 
-    rank, world = init_distributed()
-    device = default_device()
+    rank, world = dist.init()
+    device = dist.device()
     parts = out / "parts" / "image"
     todo = [t for i, t in enumerate(list_shards(shards)) if i % world == rank
             and not (parts / f"{Path(t).stem}.parquet").is_file()]
@@ -80,12 +81,12 @@ def embed_captions(metadata: str, out: Path, cfg: IndexConfig, chunk: int = 100_
     import torch.nn.functional as F
 
     from synthimg.models.clip import create_clip
-    from synthimg.runtime import default_device
+    from synthimg import dist
 
     files = sorted(glob.glob(metadata)) if any(ch in metadata for ch in "*?[") else [metadata]
     if not files or not all(Path(f).is_file() for f in files):
         raise SynthimgError(f"caption metadata not found: {metadata}")
-    device = default_device()
+    device = dist.device()
     bundle = None
     parts = out / "parts" / "text"
     done = 0

@@ -233,17 +233,12 @@ def generate(
     import torch
 
     from synthimg.progress import progress_bar
-    from synthimg.runtime import (
-        barrier,
-        carried_gpu_seconds,
-        default_device,
-        gather_to_rank0,
-        init_distributed,
-    )
+    from synthimg import dist
+    from synthimg.runtime import carried_gpu_seconds
 
     out = Path(out)
-    rank, world = init_distributed()
-    device = default_device()
+    rank, world = dist.init()
+    device = dist.device()
     per = cfg.images_per_shard
     shards = [items[i : i + per] for i in range(0, len(items), per)]
     owned = [s for s in range(len(shards)) if s % world == rank]
@@ -278,9 +273,9 @@ def generate(
                 write_shard(out / shard_name("shard", s), samples)
                 rendered += len(shards[s])
     elapsed = time.time() - start
-    parts = gather_to_rank0({"rendered": rendered, "flagged": flagged_total, "elapsed": elapsed,
+    parts = dist.gather_to_rank0({"rendered": rendered, "flagged": flagged_total, "elapsed": elapsed,
                              "skipped": len(owned) - len(mine)})
-    barrier()
+    dist.barrier()
     if rank != 0:
         return {}
     sizes = finalize(out, task.classnames)

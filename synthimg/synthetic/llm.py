@@ -35,9 +35,9 @@ class TransformersLLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from synthimg.runtime import default_device
+        from synthimg.dist import device
 
-        self.cfg, self.device = cfg, default_device()
+        self.cfg, self.device = cfg, device()
         if cfg.llm.startswith((".", "/", "~")) and not Path(cfg.llm).expanduser().exists():
             raise SynthimgError(f"LLM not found: {cfg.llm}")
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(

@@ -28,8 +28,8 @@ import torch
 
 from synthimg.config import Config, config_hash, save_resolved, to_dict
 from synthimg.errors import SynthimgError
-from synthimg.runtime import barrier
-from synthimg.train.distributed import setup
+from synthimg import dist
+from synthimg.dist import barrier
 from synthimg.train.learners import Learner, build_learner, learner_name
 
 log = logging.getLogger("synthimg.train")
@@ -113,7 +113,8 @@ class Trainer:
         self.cfg, self.tcfg = cfg, cfg.train
         self.task = get_task(cfg.task)
         self.sources = resolve_sources(self.tcfg)
-        self.rank, self.world, self.device = setup()
+        self.rank, self.world = dist.init()
+        self.device = dist.device()
         name = self.tcfg.name or time.strftime("%Y_%m_%d-%H_%M_%S")
         self.run_dir = Path(self.tcfg.logs) / name
         ckpt_dir = self.run_dir / "checkpoints"

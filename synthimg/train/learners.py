@@ -130,11 +130,11 @@ class FlypLearner(_ClipBase):
     def __init__(self, cfg: TrainConfig, task: TaskSpec, device: str, pretrained: str | None):
         import open_clip
 
-        from synthimg.train.distributed import world_info
+        from synthimg.dist import rank_world
 
         super().__init__(cfg, task, device, pretrained)
         self.model = self.bundle.model.to(device)
-        rank, world = world_info()
+        rank, world = rank_world()
         self.clip_loss = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
