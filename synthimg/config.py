@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from synthimg.atomic import atomic_write
 from synthimg.errors import SynthimgError
 
 Source = Literal["synthetic", "retrieved", "upstream"]
@@ -405,8 +406,4 @@ def save_resolved(cfg: BaseModel, directory: str | Path, name: str = "config.yam
     """Write the fully resolved config beside a stage's outputs (atomically)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-    return path
+    return atomic_write(directory / name, yaml.safe_dump(to_dict(cfg), sort_keys=False))

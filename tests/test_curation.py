@@ -274,6 +274,7 @@ def test_cli_sequence_feeds_the_loader(planted, tmp_path, capsys):
     assert torch.allclose(mean, (image * ref).sum(-1), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_score_like_one(tmp_path):
     import shutil
     import subprocess

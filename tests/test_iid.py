@@ -126,6 +126,7 @@ def test_train_records_iid_batches_and_full_coverage(sorted_shards, tmp_path, wo
     assert log.count("batch_classes_mean") == 2 and log.count("batch_classes_iid") == 2
 
 
+@pytest.mark.slow
 def test_train_under_torchrun_two_ranks(sorted_shards, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "synthimg"]
     stats = _train(sorted_shards, tmp_path, "ddp", 2, torchrun)

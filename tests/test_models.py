@@ -67,3 +67,20 @@ def test_local_checkpoint_round_trip(tiny, tmp_path):
 def test_timm_vit_from_config():
     model = create_vit("test_vit", num_classes=5)
     assert model(torch.randn(2, 3, *model.pretrained_cfg["input_size"][1:])).shape == (2, 5)
+
+
+def test_unwrap_sees_through_ddp_and_compile_wrappers():
+    import torch
+
+    from synthimg.models.unwrap import unwrap
+
+    class Wrapper(torch.nn.Module):  # DDP's shape: the model as .module
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    core = torch.nn.Sequential()  # empty: falsy, yet a model
+    assert unwrap(core) is core and unwrap(Wrapper(core)) is core
+    compiled = Wrapper(core)
+    compiled._orig_mod = compiled.module  # torch.compile's shape
+    assert unwrap(Wrapper(compiled)) is core

@@ -259,6 +259,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_two_workers(shard_dir, tmp_path):
     import subprocess
     import sys

@@ -134,6 +134,7 @@ def captions(tmp_path_factory):
     return out / "captions.parquet"
 
 
+@pytest.mark.slow
 def test_generate_complete_balanced_and_deterministic(models, captions, tmp_path):
     from synthimg.data.inspect import inspect_shards
     from synthimg.data.manifest import read_manifest
@@ -165,18 +166,22 @@ def test_one_image_regenerates_alone(models, captions):
     assert np.abs(alone - batch[2]).max() <= 1  # same noise; batched kernels may round one step apart
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_clean_result(models, captions, tmp_path):
     clean = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "clean")],
                            capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0
+    paused = tmp_path / "paused"  # the run stops right after its second shard: killed there, never racing
     proc = subprocess.Popen([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "killed")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=os.environ | {"SYNTHIMG_PAUSE_AT": "shard:1", "SYNTHIMG_PAUSE_FILE": str(paused)})
     deadline = time.time() + 300
-    while len(list((tmp_path / "killed").glob("*.tar"))) < 2 and proc.poll() is None and time.time() < deadline:
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert paused.exists(), "the run never reached its second shard"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(list((tmp_path / "killed").glob("*.tar"))) < 5
+    assert sorted(p.name for p in (tmp_path / "killed").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
     again = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "killed")],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -184,6 +189,7 @@ def test_kill_9_then_rerun_gives_the_clean_result(models, captions, tmp_path):
     assert _digests(tmp_path / "killed") == _digests(tmp_path / "clean")
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_make_the_same_dataset(models, captions, tmp_path):
     one = subprocess.run([sys.executable, "-m", "synthimg", *_gen_args(captions, models["sd"], tmp_path / "one")],
                          capture_output=True, text=True, timeout=300)

@@ -182,6 +182,7 @@ def torch_equal(x, y) -> bool:
     return bool(torch.equal(x, y))
 
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "synthimg", "demo", "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True)  # the default console, as a new user sees it

@@ -117,17 +117,21 @@ def _train_args(toy: Path, logs: Path, name: str, *extra: str) -> list[str]:
             "--logs", str(logs), "--name", name, "train.precision=fp32", *extra]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_reaches_the_same_weights(toy, tmp_path):
     whole = _run_cli(_train_args(toy, tmp_path, "whole"))
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-2000:]
-    killed = _run_cli(_train_args(toy, tmp_path, "killed"), start_new_session=True)
-    marker = tmp_path / "killed" / "checkpoints" / "epoch_2.pt"
+    paused = tmp_path / "paused"  # the run stops right after its epoch-2 checkpoint: killed there, never racing
+    killed = _run_cli(_train_args(toy, tmp_path, "killed"), start_new_session=True,
+                      env=os.environ | {"SYNTHIMG_PAUSE_AT": "checkpoint:2", "SYNTHIMG_PAUSE_FILE": str(paused)})
     deadline = time.time() + 300
-    while not marker.exists() and killed.poll() is None and time.time() < deadline:
+    while not paused.exists() and killed.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert paused.exists(), "the run never reached its epoch-2 checkpoint"
     os.killpg(killed.pid, signal.SIGKILL)  # the trainer and its loader workers
     killed.wait()
-    assert not (tmp_path / "killed" / "checkpoints" / "epoch_4.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints").glob("*.pt")) == [
+        "epoch_1.pt", "epoch_2.pt", "epoch_latest.pt"]
     resumed = _run_cli([*_train_args(toy, tmp_path, "killed"), "--resume", "latest"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
     a = torch.load(tmp_path / "whole" / "checkpoints" / "epoch_4.pt", weights_only=True)
@@ -137,6 +141,7 @@ def test_kill_9_then_resume_reaches_the_same_weights(toy, tmp_path):
         assert torch.allclose(v, b["state_dict"][k], atol=1e-6), k
 
 
+@pytest.mark.slow
 def test_two_process_gloo_matches_one_process(toy, tmp_path):
     full = tmp_path / "full"
     write_colour_shards(full, 50, 0, maxcount=10)  # 50 = 2 batches of 20 and a short one of 10 (padded per rank)

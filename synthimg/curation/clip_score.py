@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from synthimg.atomic import atomic_path
 from synthimg.config import CurateConfig
 from synthimg.data.manifest import merge_columns, read_manifest
 from synthimg.errors import SynthimgError
@@ -63,10 +64,10 @@ def score_shards(
     """Score all samples not yet cached; returns the full score table (key, clip_score)."""
     import torch
 
+    from synthimg import dist
     from synthimg.data.loader import SkipStats
     from synthimg.models.clip import create_clip
     from synthimg.progress import progress_bar
-    from synthimg import dist
     from synthimg.runtime import autocast, carried_gpu_seconds
 
     shard_dir = Path(shard_dir)
@@ -98,10 +99,8 @@ def score_shards(
     new_rows = [df for part in gathered for df in part]
     parts = [df for df in (done, *new_rows) if len(df)]
     table = pd.concat(parts, ignore_index=True).drop_duplicates("key", keep="last") if parts else done
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(cache)
+    with atomic_path(cache) as tmp:
+        table.to_parquet(tmp, index=False)
     merge_columns(shard_dir, table.assign(
         clip_score_model=f"{cfg.model}:{cfg.pretrained or 'random'}", clip_score_reduce=cfg.reduce))
     scored = len(table)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from synthimg.atomic import atomic_path
 from synthimg.errors import SynthimgError
 
 MANIFEST = "manifest.parquet"
@@ -34,9 +35,8 @@ def build_manifest(shard_dir: str | os.PathLike[str]) -> Path | None:
         return None
     df = pd.concat([pd.read_parquet(f) for f in frags], ignore_index=True)
     path = out / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
 
 
@@ -75,12 +75,11 @@ def write_keys(keys: Iterable[str], path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = [str(k) for k in keys]
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        pd.DataFrame({"key": keys}).to_parquet(tmp, index=False)
-    else:
-        tmp.write_text(json.dumps(keys))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            pd.DataFrame({"key": keys}).to_parquet(tmp, index=False)
+        else:
+            tmp.write_text(json.dumps(keys))
     return path
 
 
@@ -108,7 +107,6 @@ def merge_columns(shard_dir: str | os.PathLike[str], table: pd.DataFrame) -> Pat
     columns = [c for c in table.columns if c != "key"]
     manifest = pd.read_parquet(path).drop(columns=columns, errors="ignore")
     merged = manifest.merge(table, on="key", how="left")
-    tmp = path.with_name(path.name + ".tmp")
-    merged.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        merged.to_parquet(tmp, index=False)
     return path

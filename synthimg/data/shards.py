@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+from synthimg.atomic import atomic_path, atomic_write
 from synthimg.errors import SynthimgError
 
 IMAGE_EXTS = ("jpg", "png", "webp")
@@ -87,10 +88,8 @@ def manifest_row(sample: dict[str, Any], shard: str, status: str = SUCCESS, erro
 def _atomic_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
 
 
 class _OpenShard:
@@ -256,6 +255,4 @@ def finalize(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1))

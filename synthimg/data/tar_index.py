@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from synthimg.atomic import atomic_path
 from synthimg.data.shards import IMAGE_EXTS
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,8 @@ def load_tar_index(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({"stamp": stamp, "dropped": ",".join(f"{k}={v}" for k, v in dropped.items())})
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            pq.write_table(table, tmp)
     except OSError as err:  # a read-only shard folder: work from memory
         log.debug("cannot cache the index of %s: %s", tar, err)
     return frame, dropped

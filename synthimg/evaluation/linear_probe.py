@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synthimg.atomic import atomic_path
 from synthimg.evaluation.data import eval_batches
 from synthimg.evaluation.metrics import classification_metrics
 
@@ -45,10 +46,8 @@ def extract_features(
             labels.append(y)
     features, labels_t = torch.cat(feats), torch.cat(labels)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        torch.save({"features": features, "labels": labels_t}, tmp)
-        tmp.replace(cache)
+        with atomic_path(cache) as tmp:
+            torch.save({"features": features, "labels": labels_t}, tmp)
     return features, labels_t
 
 

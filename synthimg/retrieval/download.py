@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from synthimg.atomic import atomic_write
 from synthimg.config import DownloadConfig
 from synthimg.data.parquet import read_table
 from synthimg.data.shards import finalize, sample_key, shard_name, write_shard
@@ -149,9 +150,7 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
         "rounds": len(results), "duration": round(time.time() - start, 3),
         "complete": True, "inputs_hash": inputs,
     }
-    tmp = out / "download_stats.json.tmp"
-    tmp.write_text(json.dumps(stats, indent=1, default=str))
-    tmp.replace(out / "download_stats.json")  # the stats mark the download complete: written before the rounds go
+    atomic_write(out / "download_stats.json", json.dumps(stats, indent=1, default=str))  # the stats mark the download complete: written before the rounds go
     if not cfg.keep_rounds:
         shutil.rmtree(rounds_dir, ignore_errors=True)
     return stats

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from synthimg.atomic import atomic_write
 from synthimg.config import Config, config_hash, to_dict
 from synthimg.study.pools import (
     PoolCheck,
@@ -380,9 +381,7 @@ def write_configs(steps: list[Step]) -> None:
         step.config.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(to_dict(step.cfg), sort_keys=False)
         if not step.config.is_file() or step.config.read_text() != text:
-            tmp = step.config.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(step.config)
+            atomic_write(step.config, text)
 
 
 def build_plan(study: StudyConfig, root: str | Path) -> list[Step]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from synthimg.atomic import atomic_write
 from synthimg.errors import SynthimgError
 from synthimg.study.executors import LocalExecutor, Outcome, SlurmExecutor
 from synthimg.study.plan import Step, plan_with_coverage, write_configs
@@ -51,11 +52,7 @@ def collect(root: Path, steps: list[Step]) -> Path:
     for step in steps:
         if step.kind in ("train", "baseline") and step.outputs[0].is_file():
             lines += [line for line in step.outputs[0].read_text().splitlines() if line.strip()]
-    path = root / "results.jsonl"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
-    return path
+    return atomic_write(root / "results.jsonl", "".join(line + "\n" for line in lines))
 
 
 # Where each kind of data step records its device-seconds (relative to its first output's folder).

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from synthimg.atomic import atomic_write
 from synthimg.errors import SynthimgError
 from synthimg.study.plan import Step
 
@@ -82,11 +83,8 @@ def execute(root: Path, step: Step, invoke: Invoke | None = None, nproc: int = 1
         step.check(step)
     duration = time.time() - start
     path = marker(root, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"id": step.id, "hash": step.hash, "argv": argv, "duration": round(duration, 3),
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps({"id": step.id, "hash": step.hash, "argv": argv, "duration": round(duration, 3),
+                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1))
     return duration
 
 

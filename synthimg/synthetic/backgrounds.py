@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from synthimg.atomic import atomic_write
 from synthimg.config import CaptionsConfig
 from synthimg.synthetic.prompting import concept
 from synthimg.tasks.spec import TaskSpec, article
@@ -139,7 +140,4 @@ def make_backgrounds(task: TaskSpec, cfg: CaptionsConfig, out: str | Path, llm: 
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=1))

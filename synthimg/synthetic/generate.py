@@ -32,6 +32,7 @@ import pandas as pd
 from synthimg.config import GenerateConfig
 from synthimg.data.shards import finalize, sample_key, shard_name, write_shard
 from synthimg.errors import SynthimgError
+from synthimg.pause import pause_point
 from synthimg.tasks.spec import TaskSpec
 
 log = logging.getLogger("synthimg.generate")
@@ -232,8 +233,8 @@ def generate(
     """Render every shard this rank owns that is not on disk yet; rank 0 finalizes and writes stats."""
     import torch
 
-    from synthimg.progress import progress_bar
     from synthimg import dist
+    from synthimg.progress import progress_bar
     from synthimg.runtime import carried_gpu_seconds
 
     out = Path(out)
@@ -272,6 +273,7 @@ def generate(
                         samples.append(_sample(item, cfg, seed, future.result()))
                 write_shard(out / shard_name("shard", s), samples)
                 rendered += len(shards[s])
+                pause_point(f"shard:{s}")
     elapsed = time.time() - start
     parts = dist.gather_to_rank0({"rendered": rendered, "flagged": flagged_total, "elapsed": elapsed,
                              "skipped": len(owned) - len(mine)})

@@ -26,10 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthimg.config import Config, config_hash, save_resolved, to_dict
-from synthimg.errors import SynthimgError
 from synthimg import dist
+from synthimg.atomic import atomic_path
+from synthimg.config import Config, config_hash, save_resolved, to_dict
 from synthimg.dist import barrier
+from synthimg.errors import SynthimgError
+from synthimg.models.unwrap import unwrap
+from synthimg.pause import pause_point
 from synthimg.train.learners import Learner, build_learner, learner_name
 
 log = logging.getLogger("synthimg.train")
@@ -46,10 +49,6 @@ class RunState:
     steady_steps: int = 0
     steady_until: float = 0.0
 
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
 
 
 def _setup_logging(run_dir: Path, rank: int) -> None:
@@ -77,16 +76,15 @@ def _optimizer(learner: Learner, cfg: Any, total_steps: int) -> tuple[Any, Any]:
 
     from synthimg.train.schedule import paper_scheduler
 
-    trainable = _unwrap(learner.model)
+    trainable = unwrap(learner.model)
     opt = create_optimizer_v2(trainable, opt="adamw", lr=cfg.lr, weight_decay=cfg.wd, betas=(cfg.beta1, cfg.beta2),
                               eps=cfg.eps, filter_bias_and_bn=cfg.wd_exclude_norms)
     return opt, paper_scheduler(opt, cfg.warmup, max(1, total_steps))
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _resume_path(run_dir: Path, resume: str) -> Path:
@@ -204,7 +202,12 @@ class Trainer:
         import numpy as np
 
         from synthimg.data.loader import SkipStats
-        from synthimg.train.data import epoch_loader, iid_expectation, is_union, plan_epoch
+        from synthimg.train.data import (
+            epoch_loader,
+            iid_expectation,
+            is_union,
+            plan_epoch,
+        )
 
         plan = plan_epoch(self.table, self.tcfg, epoch, self.world, self.rank, self.tcfg.steps_per_epoch)
         skips = SkipStats()
@@ -324,7 +327,7 @@ class Trainer:
                 "arm_source": self.arm_source,
                 "task": self.task.name,
                 "config": to_dict(self.cfg),
-                "state_dict": _unwrap(learner.model).state_dict(),
+                "state_dict": unwrap(learner.model).state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "rng_torch": torch.get_rng_state(),
@@ -334,6 +337,7 @@ class Trainer:
             folder = self.run_dir / "checkpoints"
             _save(folder / f"epoch_{state.epoch}.pt", ckpt)
             _save(folder / "epoch_latest.pt", ckpt)
+            pause_point(f"checkpoint:{state.epoch}")
         barrier()
 
     def _load(self, path: Path, learner: Learner, opt: Any, sched: Any) -> RunState:
@@ -366,7 +370,7 @@ class Trainer:
 
     def _finish(self, learner: Learner, initial: dict[str, torch.Tensor], state: RunState) -> None:
         if self.tcfg.wise_alphas:
-            model = _unwrap(learner.model)
+            model = unwrap(learner.model)
             final = {k: v.detach().clone() for k, v in model.state_dict().items()}
             for alpha in self.tcfg.wise_alphas:
                 mixed = {k: (1 - alpha) * initial[k].to(v.device, v.dtype) + alpha * v if v.is_floating_point() else v

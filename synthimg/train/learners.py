@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from synthimg.config import TrainConfig
+from synthimg.models.unwrap import unwrap
 from synthimg.registry import Registry
 from synthimg.tasks.spec import TaskSpec
 
@@ -109,7 +110,7 @@ class CeLearner(_ClipBase):
         return F.cross_entropy(logits.float(), batch["label"].to(self.device), reduction="none")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        model = getattr(self.model, "module", self.model)
+        model = unwrap(self.model)
         return model.features(images)
 
 
@@ -148,17 +149,17 @@ class FlypLearner(_ClipBase):
     def classifier(self) -> torch.nn.Module:
         from synthimg.models.clip import ClipClassifier
 
-        model = getattr(self.model, "module", self.model)
+        model = unwrap(self.model)
         return ClipClassifier(model.visual, self.zeroshot_head())
 
     def zeroshot_head(self) -> torch.nn.Linear:
         from synthimg.models.clip import zeroshot_head
 
-        model = getattr(self.model, "module", self.model)
+        model = unwrap(self.model)
         return zeroshot_head(model, self.bundle.tokenizer, self.prompts, self.device)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        model = getattr(self.model, "module", self.model)
+        model = unwrap(self.model)
         return model.encode_image(images)
 
 
@@ -186,5 +187,5 @@ class TimmLearner(Learner):
         return F.cross_entropy(logits.float(), batch["label"].to(self.device), reduction="none")
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        model = getattr(self.model, "module", self.model)
+        model = unwrap(self.model)
         return model.forward_head(model.forward_features(images), pre_logits=True)
