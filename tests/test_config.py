@@ -75,5 +75,7 @@ def test_resolved_config_round_trips(tmp_path: Path):
 
 def test_stage_models_stand_alone():
     assert CurateConfig(reduce="mean").reduce == "mean"
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="top"):
         CurateConfig(top=1.5)

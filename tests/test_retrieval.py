@@ -47,9 +47,11 @@ class FakeKnn(BaseHTTPRequestHandler):
     def do_GET(self):
         _json(self, ["laion5B-L-14"])
 
+    bodies: list = []  # what the client sent, checked by the test (an assert in here would only kill the thread)
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert body["aesthetic_weight"] == 0 and body["indice_name"] == "laion5B-L-14"
+        FakeKnn.bodies.append(body)
         name = body["text"].split(",")[0]
         hits = []
         for i in range(body["num_images"]):
@@ -73,6 +75,8 @@ def test_knn_service_over_requests_until_the_target(tmp_path):
         server.close()
     counts = table.groupby("class_id").size()
     assert len(counts) == 100 and counts.min() >= 50
+    assert FakeKnn.bodies and all(b["aesthetic_weight"] == 0 and b["indice_name"] == "laion5B-L-14"
+                                  for b in FakeKnn.bodies)
     assert not table.duplicated(["class_id", "url"]).any()
     assert {"class_id", "class_name", "url", "caption", "similarity", "query", "backend", "upstream_id"} <= set(table)
     assert stats["returned"] > stats["after_dedup"] and not stats["short_classes"]
