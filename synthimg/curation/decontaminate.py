@@ -73,7 +73,7 @@ class EvalSource:
     def datasets(self, transform: Any) -> Iterator[tuple[str, Any]]:
         """(prefix for match keys, dataset) per split."""
         from synthimg.data.loader import shard_pipeline
-        from synthimg.tasks.splits import load_split
+        from synthimg.data.splits import load_split
 
         if self.against is not None:
             if not self.against.is_dir():

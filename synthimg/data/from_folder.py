@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from synthimg.config import ShardsConfig
+from synthimg.data.manifest import fragment_path
 from synthimg.data.shards import (
     finalize,
-    fragment_path,
     sample_key,
     shard_name,
     write_shard,

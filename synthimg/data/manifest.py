@@ -18,6 +18,13 @@ from synthimg.atomic import atomic_path
 from synthimg.errors import SynthimgError
 
 MANIFEST = "manifest.parquet"
+MANIFEST_DIR = "_manifest"  # one fragment per tar, written with it: SHARD.parquet
+
+
+def fragment_path(tar_path: str | os.PathLike[str]) -> Path:
+    """Where a shard's manifest fragment lives: ``DIR/_manifest/NAME.parquet`` for ``DIR/NAME.tar``."""
+    tar_path = Path(tar_path)
+    return tar_path.parent / MANIFEST_DIR / (tar_path.name.removesuffix(".tar") + ".parquet")
 
 
 def build_manifest(shard_dir: str | os.PathLike[str]) -> Path | None:
@@ -26,8 +33,6 @@ def build_manifest(shard_dir: str | os.PathLike[str]) -> Path | None:
     Fragments of shards whose tar is absent (an interrupted write) are ignored. Returns
     None when the folder has no fragments (shards written by another tool).
     """
-    from synthimg.data.shards import fragment_path
-
     out = Path(shard_dir)
     frags = [fragment_path(t) for t in sorted(out.glob("*.tar"))]
     frags = [f for f in frags if f.is_file()]

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from synthimg.atomic import atomic_path, atomic_write
+from synthimg.data.manifest import build_manifest, fragment_path
 from synthimg.errors import SynthimgError
 
 IMAGE_EXTS = ("jpg", "png", "webp")
 KEY_DIGITS = 9
-MANIFEST_DIR = "_manifest"
 SUCCESS = "success"
 # A fixed tar mtime makes a shard's bytes a function of its samples alone (reruns are byte-identical).
 _TAR_MTIME = 0.0
@@ -125,11 +125,6 @@ class _OpenShard:
             self._writer.close()
         finally:
             self.tmp.unlink(missing_ok=True)
-
-
-def fragment_path(tar_path: str | os.PathLike[str]) -> Path:
-    tar_path = Path(tar_path)
-    return tar_path.parent / MANIFEST_DIR / (tar_path.name.removesuffix(".tar") + ".parquet")
 
 
 def write_shard(path: str | os.PathLike[str], samples: Iterable[dict[str, Any] | tuple[dict[str, Any], str, str]]) -> int:
@@ -248,8 +243,6 @@ def finalize(
     _write_json(out / "_info.json", info)
     if classnames is not None:
         (out / "classnames.txt").write_text("".join(f"{c}\n" for c in classnames))
-    from synthimg.data.manifest import build_manifest
-
     build_manifest(out)
     return sizes
 

@@ -28,7 +28,7 @@ log = logging.getLogger("synthimg.eval")
 
 def _split(task: TaskSpec, split: str, root: str | Path, transform: Any) -> Any | None:
     """A split, or None (with a warning) when the data has no such split."""
-    from synthimg.tasks.splits import load_split
+    from synthimg.data.splits import load_split
 
     try:
         return load_split(task, split, root, transform)
@@ -130,7 +130,7 @@ def load_learner(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, An
 
     from synthimg.config import Config
     from synthimg.tasks import get_task
-    from synthimg.train.learners import build_learner
+    from synthimg.models.learners import build_learner
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = Config.model_validate(ckpt["config"])

@@ -33,7 +33,7 @@ from synthimg.dist import barrier
 from synthimg.errors import SynthimgError
 from synthimg.models.unwrap import unwrap
 from synthimg.pause import pause_point
-from synthimg.train.learners import Learner, build_learner, learner_name
+from synthimg.models.learners import Learner, build_learner, learner_name
 
 log = logging.getLogger("synthimg.train")
 
