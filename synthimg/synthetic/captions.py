@@ -17,7 +17,6 @@ import json
 import random
 import shutil
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,14 @@ import pandas as pd
 
 from synthimg.atomic import atomic_path, atomic_write
 from synthimg.config import CaptionsConfig
+from synthimg.manifests import manifests
 from synthimg.registry import Registry
-from synthimg.synthetic.prompting import PromptBuilder, clean_caption, concept, hash_seed
+from synthimg.synthetic.prompting import (
+    PromptBuilder,
+    clean_caption,
+    concept,
+    hash_seed,
+)
 from synthimg.tasks.spec import TaskSpec, article
 
 METHODS = Registry("caption method")
@@ -38,7 +43,7 @@ CLASSES_PER_CHUNK = 50
 @register("template")
 def template_captions(task: TaskSpec, cfg: CaptionsConfig, classes: list[int], **_: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Zero-shot prompts alone and combined with scene phrases, shuffled per class by the seed."""
-    phrases = json.loads((resources.files("synthimg") / "data_manifests" / "captions" / "scene_phrases.json").read_text())["phrases"]
+    phrases = json.loads((manifests() / "captions" / "scene_phrases.json").read_text())["phrases"]
     rows = []
     for c in classes:
         candidates: dict[str, dict[str, Any]] = {}

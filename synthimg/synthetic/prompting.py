@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from synthimg.errors import SynthimgError
+from synthimg.manifests import manifests
 from synthimg.tasks.spec import TaskSpec
 
 INSTRUCTIONS = {
@@ -27,7 +27,7 @@ INSTRUCTIONS = {
 
 
 def load_incontext() -> dict[str, Any]:
-    return json.loads((resources.files("synthimg") / "data_manifests" / "captions" / "incontext.json").read_text())
+    return json.loads((manifests() / "captions" / "incontext.json").read_text())
 
 
 def load_backgrounds(task: TaskSpec, path: str | None = None) -> dict[int, list[str]] | list[str]:
@@ -37,7 +37,7 @@ def load_backgrounds(task: TaskSpec, path: str | None = None) -> dict[int, list[
             raise SynthimgError(f"backgrounds file not found: {path}")
         data = json.loads(Path(path).read_text())
     else:
-        file = resources.files("synthimg") / "data_manifests" / "tasks" / task.name / "backgrounds.json"
+        file = manifests() / "tasks" / task.name / "backgrounds.json"
         data = json.loads(file.read_text()) if file.is_file() else {"backgrounds": ["a plain background"]}
     data = data.get("backgrounds", data) if isinstance(data, dict) and "backgrounds" in data else data
     if isinstance(data, list):

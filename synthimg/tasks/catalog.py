@@ -1,4 +1,4 @@
-"""The task catalog: a name-to-TaskSpec registry filled from ``synthimg/data_manifests/tasks/``.
+"""The task catalog: a name-to-TaskSpec registry filled from the top-level ``data_manifests/tasks/`` (``synthimg.data_manifests`` once installed).
 
 The data ships as package data, so an installed wheel has it too. Other tasks (the toy
 world's, a user's) are added at run time with :func:`register_task`.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
-from importlib import resources
 
 from synthimg.errors import SynthimgError
+from synthimg.manifests import manifests
 from synthimg.tasks.spec import TaskSpec
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -23,7 +23,7 @@ def _load_builtin() -> None:
     if _LOADED:
         return
     _LOADED = True
-    root = resources.files("synthimg") / "data_manifests" / "tasks"
+    root = manifests() / "tasks"
     for name in json.loads((root / "index.json").read_text()):
         folder = root / name
         meta = json.loads((folder / "task.json").read_text())
