@@ -194,14 +194,11 @@ def shards_from_folder(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Convert an ImageFolder into shards, a manifest, sizes.json, _info.json and classnames.txt."""
-    from synthimg.config import save_resolved
-    from synthimg.data.from_folder import from_folder
-    from synthimg.tasks import get_task
+    from synthimg.data import from_folder
 
     cfg = _resolve(config, overrides, "shards", {"maxcount": maxcount, "source": source}, task,
                    "--task is required (or task: in the config)")
-    stats = from_folder(imagefolder, get_task(cfg.task), out, cfg.shards)
-    save_resolved(cfg, out)
+    stats = from_folder.run(cfg, imagefolder, out)
     typer.echo(
         f"wrote {stats['successes']} samples in {stats['shards']} shards to {out} "
         f"({stats['failed_to_read']} unreadable skipped, {len(stats['missing_classes'])} classes missing)"
@@ -238,14 +235,36 @@ def shards_inspect(
         console.print(f"[yellow]{shard}: read {c['read']} of {c['expected']} samples[/yellow]")
 
 
+def _current_context() -> Any:
+    """The running command's click context (typer >= 0.20 ships its own copy of click)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # older typer: plain click
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
+def _typed(name: str, value: Any) -> bool:
+    """True when the user gave this option on the command line (or through its environment variable)."""
+    ctx = _current_context()
+    if ctx is not None and name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+    return value is not None  # an option of another name (a converted value): given when set
+
+
 def _resolve(
     config: Optional[Path], overrides: Optional[list[str]], section: str, flags: dict[str, Any],
     task: Optional[str] = None, require_task: str = "", beside: Optional[Path] = None,
+    sets: Optional[dict[str, Any]] = None,
 ) -> Any:
-    """The resolved config: defaults < YAML < the command's flags (None = not given) < dotted overrides.
+    """The resolved config: defaults < YAML < the options typed < ``sets`` < dotted overrides.
 
-    ``pretrained="none"`` means random weights. ``beside``: an earlier stage's output whose
-    config.yaml names the task. ``require_task``: the error line when no task results.
+    ``flags`` maps config keys of ``section`` to option values; only options the user typed
+    count. ``--pretrained none`` means random weights (``pretrained: null``). ``sets``: values
+    that switch options imply (``--no-cap`` -> ``cap: null``). Nothing is changed after
+    validation. ``beside``: an earlier stage's output whose config.yaml names the task.
+    ``require_task``: the error line when no task results.
     """
     import yaml
 
@@ -253,14 +272,14 @@ def _resolve(
 
     if task is None and beside is not None and (beside.parent / "config.yaml").is_file():
         task = yaml.safe_load((beside.parent / "config.yaml").read_text()).get("task")
-    random_weights = flags.get("pretrained") == "none"
-    given = {k: v for k, v in flags.items() if v is not None and not (k == "pretrained" and random_weights)}
+    given = {k: v for k, v in flags.items() if _typed(k, v)}
+    if given.get("pretrained") == "none":
+        given["pretrained"] = None
+    given.update(sets or {})
     extra: dict[str, Any] = {section: given}
     if task is not None:
         extra["task"] = task
     cfg = load_config(config, overrides, extra=extra)
-    if random_weights:
-        setattr(getattr(cfg, section), "pretrained", None)
     if require_task and cfg.task is None:
         raise SynthimgError(require_task)
     return cfg
@@ -292,20 +311,15 @@ def curate_score(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Score every sample against its own class's templates; cached, merged into the manifest."""
-    from synthimg.config import save_resolved
-    from synthimg.curation.clip_score import CACHE_DIR, score_shards
-    from synthimg import dist
-    from synthimg.tasks import get_task
+    from synthimg.curation import clip_score
 
     cfg = _resolve(config, overrides, "curate", {"model": model, "reduce": reduce, "batch_size": batch_size,
                    "workers": workers, "pretrained": pretrained}, task,
                    "--task is required (the class templates to score against)")
-    rank, _ = dist.init()
-    table = score_shards(shards, get_task(cfg.task), cfg.curate)
-    if rank == 0:
-        save_resolved(cfg, shards / CACHE_DIR, "score_config.yaml")
-        typer.echo(f"scored {len(table)} samples of {shards} ({cfg.curate.model}, reduce={cfg.curate.reduce}); "
-                   f"mean clip_score {table['clip_score'].mean():.4f}")
+    stats = clip_score.run(cfg, shards)
+    if stats["rank"] == 0:
+        typer.echo(f"scored {stats['count']} samples of {shards} ({cfg.curate.model}, reduce={cfg.curate.reduce}); "
+                   f"mean clip_score {stats['mean_clip_score']:.4f}")
 
 
 @curate_app.command("filter")
@@ -320,33 +334,12 @@ def curate_filter(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Keep the top fraction per class by CLIP score, then cap; writes OUT/keys.parquet."""
-    import json
+    from synthimg.curation import filter as curate_filter_stage
 
-    import pandas as pd
-
-    from synthimg.config import save_resolved
-    from synthimg.curation.filter import filter_top, per_class_counts
-    from synthimg.data.manifest import (
-        merge_columns,
-        read_keys,
-        read_manifest,
-        write_keys,
-    )
-
-    cfg = _resolve(config, overrides, "curate", {"top": top, "cap": cap})
-    if no_cap:
-        cfg.curate.cap = None
-    manifest = read_manifest(shards)
-    subset = read_keys(keys) if keys else None
-    kept = filter_top(manifest, cfg.curate.top, cfg.curate.cap, subset)
-    write_keys(kept["key"], out / "keys.parquet")
-    before = manifest if subset is None else manifest[manifest["key"].isin(set(subset))]
-    merge_columns(shards, pd.DataFrame({"key": before["key"], "kept_filter": before["key"].isin(set(kept["key"]))}))
-    stats = {"count": len(before), "kept": len(kept), "top": cfg.curate.top, "cap": cfg.curate.cap,
-             "per_class": per_class_counts(before, kept)}
-    (out / "filter_stats.json").write_text(json.dumps(stats, indent=1))
-    save_resolved(cfg, out)
-    typer.echo(f"kept {len(kept)} of {len(before)} samples (top {cfg.curate.top}, cap {cfg.curate.cap}) -> {out / 'keys.parquet'}")
+    cfg = _resolve(config, overrides, "curate", {"top": top, "cap": cap}, sets={"cap": None} if no_cap else None)
+    stats = curate_filter_stage.run(cfg, shards, out, keys)
+    typer.echo(f"kept {stats['kept']} of {stats['count']} samples (top {stats['top']}, cap {stats['cap']}) "
+               f"-> {out / 'keys.parquet'}")
 
 
 @curate_app.command("decontaminate")
@@ -368,22 +361,13 @@ def curate_decontaminate(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Drop near-duplicates of evaluation images; writes dropped.parquet, keys.parquet, stats, a contact sheet."""
-    from synthimg.config import save_resolved
-    from synthimg.curation.decontaminate import EvalSource, decontaminate
-    from synthimg.data.manifest import read_keys
-    from synthimg.tasks import get_task
+    from synthimg.curation import decontaminate
 
     cfg = _resolve(config, overrides, "curate", {
         "descriptor": descriptor, "threshold": threshold, "model": model, "pretrained": pretrained,
-        "isc_weights": str(isc_weights) if isc_weights else None, "against_splits": _split_list(splits)}, task)
-    if no_phash:
-        cfg.curate.phash = False
-    if against is None and (cfg.task is None or eval_root is None):
-        raise SynthimgError("give --against EVAL_DIR, or --task T with --eval-root ROOT")
-    source = EvalSource(against=against, task=get_task(cfg.task) if cfg.task else None, eval_root=eval_root,
-                        splits=list(cfg.curate.against_splits))
-    stats = decontaminate(shards, source, out, cfg.curate, read_keys(keys) if keys else None)
-    save_resolved(cfg, out)
+        "isc_weights": str(isc_weights) if isc_weights else None, "against_splits": _split_list(splits)}, task,
+        sets={"phash": False} if no_phash else None)
+    stats = decontaminate.run(cfg, shards, out, against, eval_root, keys)
     typer.echo(f"dropped {stats['dropped']} of {stats['count']} candidates matching {stats['eval_images']} evaluation "
                f"images ({stats['dropped_by']}) -> {out}")
 
@@ -404,42 +388,12 @@ def curate_subsample(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Seeded, equal-size, nested subsets: OUT/subset_n{N}_s{SEED}.parquet (key lists) + subsets.json."""
-    import json
+    from synthimg.curation import subsample
 
-    from synthimg.config import config_hash, save_resolved, to_dict
-    from synthimg.curation.subsample import paired_subset, pool_size, subsample
-    from synthimg.data.manifest import read_keys, read_manifest, write_keys
-
-    cfg = _resolve(config, overrides, "curate", {"scales": _split_list(scales, _scale), "seeds": _split_list(seeds, int)})
-    if unstratified:
-        cfg.curate.stratified = False
-    if not cfg.curate.scales:
-        raise SynthimgError("--scales is required, e.g. --scales 1000,10000")
-    pool = read_manifest(shards)
-    if keys:
-        pool = pool[pool["key"].isin(set(read_keys(keys)))]
-    everything = min([len(pool), *(pool_size(p) for p in all_from or [])])
-    written = {}
-    for seed in cfg.curate.seeds:
-        for scale in cfg.curate.scales:
-            n = everything if scale == "all" else scale
-            if paired_with is not None:
-                chosen = paired_subset(pool, read_keys(paired_with / f"subset_n{scale}_s{seed}.parquet"))
-                n = len(chosen)
-            else:
-                chosen = subsample(pool, n, seed, cfg.curate.stratified)
-            path = write_keys(chosen, out / f"subset_n{scale}_s{seed}.parquet")
-            counts = pool[pool["key"].isin(set(chosen))].groupby("class_id")["key"].size()
-            written[path.name] = {"scale": scale, "n": n, "seed": seed, "min_per_class": int(counts.min()),
-                                  "max_per_class": int(counts.max()), "classes": int(len(counts))}
-    save_resolved(cfg, out)
-    meta = {"pool": len(pool), "all": everything, "all_from": [str(p) for p in all_from or []],
-            "paired_with": str(paired_with) if paired_with else None,
-            "stratified": cfg.curate.stratified, "config_hash": config_hash(cfg),
-            "keys_from": str(keys) if keys else None, "shards": str(shards), "subsets": written,
-            "curate": to_dict(cfg.curate)}
-    (out / "subsets.json").write_text(json.dumps(meta, indent=1))
-    typer.echo(f"wrote {len(written)} subsets from a pool of {len(pool)} -> {out}")
+    cfg = _resolve(config, overrides, "curate", {"scales": _split_list(scales, _scale), "seeds": _split_list(seeds, int)},
+                   sets={"stratified": False} if unstratified else None)
+    meta = subsample.run(cfg, shards, out, keys, all_from, paired_with)
+    typer.echo(f"wrote {len(meta['subsets'])} subsets from a pool of {meta['pool']} -> {out}")
 
 
 def _scale(text: str) -> int | str:
@@ -545,17 +499,14 @@ def captions_cmd(
     """Write OUT/captions.parquet: class_id, class_name, caption and provenance, exactly --per-class each."""
     if ctx.invoked_subcommand is not None:
         return
-    from synthimg.config import save_resolved
-    from synthimg.synthetic.captions import make_captions
-    from synthimg.tasks import get_task
+    from synthimg.synthetic import captions as captions_stage
 
     if out is None:
         raise SynthimgError("--out is required")
     cfg = _resolve(config, overrides, "captions", {
         "per_class": per_class, "method": method, "llm": llm, "llm_url": llm_url, "llm_backend": llm_backend,
         "seed": seed, "backgrounds": backgrounds}, task, "--task is required")
-    table, stats = make_captions(get_task(cfg.task), cfg.captions, out, keep_parts=keep_parts)
-    save_resolved(cfg, out)
+    table, stats = captions_stage.run(cfg, out, keep_parts=keep_parts)
     short = stats["short_classes"]
     typer.echo(f"wrote {len(table)} captions ({cfg.captions.per_class} per class, {cfg.captions.method}) to "
                f"{out / 'captions.parquet'}; {len(short)} classes short of the quota")
@@ -613,16 +564,7 @@ def generate_cmd(
 ) -> None:
     """Render captions (or SDEdit real images) into shards; resumable and split across torchrun ranks."""
 
-    from synthimg import dist
-    from synthimg.config import save_resolved
-    from synthimg.synthetic.generate import (
-        apply_preset,
-        generate,
-        init_items,
-        load_captions,
-        text_items,
-    )
-    from synthimg.tasks import get_task
+    from synthimg.synthetic import generate as generate_stage
 
     flags = {"model_id": model_id, "seed": seed, "steps": steps, "cfg": cfg_scale, "scheduler": scheduler,
              "preset": preset, "height": height or size, "width": width or size, "stored_size": stored_size,
@@ -631,18 +573,8 @@ def generate_cmd(
              "strength": strength}
     cfg = _resolve(config, overrides, "generate", flags, task,
                    "--task is required (no config.yaml beside the captions names it)", beside=captions)
-    gcfg = apply_preset(cfg.generate)
-    spec = get_task(cfg.task)
-    if gcfg.init_shards:
-        items = init_items(gcfg.init_shards, spec, gcfg)
-    elif captions is not None:
-        items = text_items(load_captions(captions, spec), spec, gcfg)
-    else:
-        raise SynthimgError("--captions FILE (or --init-shards DIR for SDEdit) is required")
-    rank, _ = dist.init()
-    stats = generate(items, spec, gcfg, out)
-    if rank == 0:
-        save_resolved(cfg.model_copy(update={"generate": gcfg}), out)
+    stats = generate_stage.run(cfg, out, captions)
+    if stats["rank"] == 0:
         typer.echo(f"{stats['successes']} images in {stats['shards']} shards at {out} "
                    f"({stats['rendered_this_run']} rendered now, {stats['shards_skipped']} shards already done, "
                    f"{stats['images_per_sec']} images/s)")
@@ -663,15 +595,12 @@ def retrieve_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Candidates per class: OUT/candidates.parquet (class_id, class_name, url, caption, similarity, ...)."""
-    from synthimg.config import save_resolved
-    from synthimg.retrieval.retrieve import retrieve
-    from synthimg.tasks import get_task
+    from synthimg.retrieval import retrieve
 
     flags = {"backend": backend, "per_class": per_class, "url": url, "indice_name": indice_name, "index": index,
              "metadata": metadata, "k_per_query": k}
     cfg = _resolve(config, overrides, "retrieve", flags, task, "--task is required")
-    table, stats = retrieve(get_task(cfg.task), cfg.retrieve, out)
-    save_resolved(cfg, out)
+    table, stats = retrieve.run(cfg, out)
     typer.echo(f"{len(table)} candidates ({stats['backend']}) -> {out / 'candidates.parquet'}; "
                f"{len(stats['short_classes'])} classes below {cfg.retrieve.per_class}")
 
@@ -688,27 +617,11 @@ def index_build(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Embed a collection (resumable by shard, torchrun-aware) and build faiss indexes + metadata."""
-    from synthimg.config import save_resolved
-    from synthimg.retrieval.index import build_index, embed_captions, embed_shards
-    from synthimg import dist
+    from synthimg.retrieval import index as index_stage
 
     cfg = _resolve(config, overrides, "index", {"model": model, "factory": factory, "pretrained": pretrained})
-    if shards is None and captions is None:
-        raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
-    import time
-
-    rank, world = dist.init()
-    start = time.time()
-    if shards is not None:
-        embed_shards(shards, out, cfg.index)
-    dist.barrier()
-    embed_seconds = (time.time() - start) * world
-    if rank == 0:
-        start = time.time()
-        if captions is not None:
-            embed_captions(captions, out, cfg.index)
-        info = build_index(out, cfg.index, embed_seconds + time.time() - start)
-        save_resolved(cfg, out)
+    info = index_stage.run(cfg, out, shards, captions)
+    if "kinds" in info:
         typer.echo(f"index at {out}: " + ", ".join(f"{k} {v['count']} x {v['dim']}" for k, v in info["kinds"].items()))
 
 
@@ -744,15 +657,12 @@ def download_cmd(
 ) -> None:
     """Download with img2dataset until each class has --per-class images; writes our shards + stats."""
 
-    from synthimg.config import save_resolved
-    from synthimg.retrieval.download import download
-    from synthimg.tasks import get_task
+    from synthimg.retrieval import download
 
-    cfg = _resolve(config, overrides, "download", {"per_class": per_class, "processes": processes, "threads": threads,
-                   "keep_rounds": keep_rounds or None},
-                   task, "--task is required (no config.yaml beside the candidates names it)", beside=candidates)
-    stats = download(candidates, get_task(cfg.task), cfg.download, out)
-    save_resolved(cfg, out)
+    cfg = _resolve(config, overrides, "download", {"per_class": per_class, "processes": processes, "threads": threads},
+                   task=task, require_task="--task is required (no config.yaml beside the candidates names it)",
+                   beside=candidates, sets={"keep_rounds": True} if keep_rounds else None)
+    stats = download.run(cfg, candidates, out)
     typer.echo(f"{stats['kept']} images ({cfg.download.per_class} per class wanted) -> {out}; "
                f"{len(stats['shortfall'])} classes short, {stats['status_dict']}")
     for name, n in list(stats["shortfall"].items())[:20]:

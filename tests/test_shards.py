@@ -293,5 +293,5 @@ def test_inspect_on_something_that_is_not_a_shard_folder(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(["shards", "inspect", str(target)])
         assert info.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "is not a shard folder" in err[0]
+        errors = [line for line in capsys.readouterr().err.strip().splitlines() if "error:" in line]
+        assert len(errors) == 1 and "is not a shard folder" in errors[0]

@@ -17,9 +17,10 @@ from typing import Any
 import pandas as pd
 
 from synthimg.atomic import atomic_path
-from synthimg.config import CurateConfig
+from synthimg.config import Config, CurateConfig, save_resolved
 from synthimg.data.manifest import merge_columns, read_manifest
 from synthimg.errors import SynthimgError
+from synthimg.stage import Stats
 from synthimg.tasks.spec import TaskSpec
 
 CACHE_DIR = "_curation"
@@ -125,3 +126,19 @@ def _loader(shard_dir: Path, cfg: CurateConfig, keys: list[str], bundle: Any, st
     workers = min(cfg.workers, len(list_shards(shard_dir)))
     return shard_loader(shard_dir, batch_size=cfg.batch_size, num_workers=workers, keys=keys,
                         transform=bundle.preprocess_val, stats=stats, resample="never")
+
+
+def run(cfg: Config, shards: str | os.PathLike[str]) -> Stats:
+    """``curate score`` under one process, torchrun or srun: each rank scores its shards, rank 0
+    merges them into the manifest and writes ``SHARDS/_clip_scores/score_config.yaml``."""
+    from synthimg import dist
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task: the class templates to score against (--task)")
+    rank, world = dist.init()
+    table = score_shards(shards, get_task(cfg.task), cfg.curate)
+    if rank == 0:
+        save_resolved(cfg, Path(shards) / CACHE_DIR, "score_config.yaml")
+    return {"rank": rank, "world": world, "count": int(len(table)),
+            "mean_clip_score": float(table["clip_score"].mean()) if len(table) else None}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthimg.config import CurateConfig
+from synthimg.config import Config, CurateConfig, save_resolved
 from synthimg.curation.descriptors import create_descriptor
 from synthimg.curation.phash import (
     agreement,
@@ -35,6 +35,7 @@ from synthimg.curation.phash import (
 )
 from synthimg.data.manifest import merge_columns, read_manifest, write_keys
 from synthimg.errors import SynthimgError
+from synthimg.stage import Stats
 from synthimg.tasks.spec import TaskSpec
 
 log = logging.getLogger("synthimg.curate")
@@ -320,3 +321,19 @@ def _per_class(manifest: pd.DataFrame, dropped: pd.DataFrame) -> dict[str, dict[
         str(name): {"candidates": int(n), "dropped": int(hit.get(name, 0)), "pct": round(100.0 * hit.get(name, 0) / n, 3)}
         for name, n in total.items()
     }
+
+
+def run(cfg: Config, shards: str | os.PathLike[str], out: str | os.PathLike[str],
+        against: str | os.PathLike[str] | None = None, eval_root: str | os.PathLike[str] | None = None,
+        keys: str | os.PathLike[str] | None = None) -> Stats:
+    """``curate decontaminate``: against an eval shard folder, or the task's splits under ``eval_root``."""
+    from synthimg.data.manifest import read_keys
+    from synthimg.tasks import get_task
+
+    if against is None and (cfg.task is None or eval_root is None):
+        raise SynthimgError("give --against EVAL_DIR, or --task T with --eval-root ROOT")
+    source = EvalSource(against=Path(against) if against else None, task=get_task(cfg.task) if cfg.task else None,
+                        eval_root=Path(eval_root) if eval_root else None, splits=list(cfg.curate.against_splits))
+    stats = decontaminate(shards, source, out, cfg.curate, read_keys(keys) if keys else None)
+    save_resolved(cfg, out)
+    return stats

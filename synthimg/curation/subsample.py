@@ -14,12 +14,18 @@ one sequence, so it is:
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from synthimg.atomic import atomic_write
+from synthimg.config import Config, config_hash, save_resolved, to_dict
+from synthimg.data.manifest import read_keys, read_manifest, write_keys
 from synthimg.errors import SynthimgError
+from synthimg.stage import Stats
 
 
 def draw_order(pool: pd.DataFrame, seed: int, stratified: bool = True) -> list[str]:
@@ -73,3 +79,41 @@ def paired_subset(pool: pd.DataFrame, init_keys: list[str]) -> list[str]:
     if missing:
         raise SynthimgError(f"{len(missing)} images of the paired subset have no counterpart here (first: {missing[0]})")
     return [str(first[k]) for k in init_keys]
+
+
+def run(cfg: Config, shards: str | os.PathLike[str], out: str | os.PathLike[str],
+        keys: str | os.PathLike[str] | None = None, all_from: list[str | os.PathLike[str]] | None = None,
+        paired_with: str | os.PathLike[str] | None = None) -> Stats:
+    """``curate subsample``: OUT/subset_n{N}_s{SEED}.parquet per scale and seed, OUT/subsets.json, config.
+
+    ``all_from``: the other arms' curated pools, so that scale ``all`` is the smallest pool;
+    ``paired_with``: another arm's subsets folder whose subsets this arm's images were made from.
+    """
+    if not cfg.curate.scales:
+        raise SynthimgError("no scales to draw (curate.scales), e.g. --scales 1000,10000")
+    out = Path(out)
+    pool = read_manifest(shards)
+    if keys:
+        pool = pool[pool["key"].isin(set(read_keys(keys)))]
+    everything = min([len(pool), *(pool_size(p) for p in all_from or [])])
+    written = {}
+    for seed in cfg.curate.seeds:
+        for scale in cfg.curate.scales:
+            n = everything if scale == "all" else int(scale)
+            if paired_with is not None:
+                chosen = paired_subset(pool, read_keys(Path(paired_with) / f"subset_n{scale}_s{seed}.parquet"))
+                n = len(chosen)
+            else:
+                chosen = subsample(pool, n, seed, cfg.curate.stratified)
+            path = write_keys(chosen, out / f"subset_n{scale}_s{seed}.parquet")
+            counts = pool[pool["key"].isin(set(chosen))].groupby("class_id")["key"].size()
+            written[path.name] = {"scale": scale, "n": n, "seed": seed, "min_per_class": int(counts.min()),
+                                  "max_per_class": int(counts.max()), "classes": int(len(counts))}
+    save_resolved(cfg, out)
+    meta = {"pool": len(pool), "all": everything, "all_from": [str(p) for p in all_from or []],
+            "paired_with": str(paired_with) if paired_with else None,
+            "stratified": cfg.curate.stratified, "config_hash": config_hash(cfg),
+            "keys_from": str(keys) if keys else None, "shards": str(shards), "subsets": written,
+            "curate": to_dict(cfg.curate)}
+    atomic_write(out / "subsets.json", json.dumps(meta, indent=1))
+    return meta

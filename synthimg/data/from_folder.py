@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthimg.config import ShardsConfig
+from synthimg.config import Config, ShardsConfig, save_resolved
 from synthimg.data.manifest import fragment_path
 from synthimg.data.shards import (
     finalize,
@@ -181,3 +181,14 @@ def _skipped_from_fragment(tar: Path) -> list[dict[str, str]]:
     df = pd.read_parquet(frag)
     bad = df[df["status"] != "success"]
     return [{"key": r.key, "path": r.source_path, "error": r.error} for r in bad.itertuples()]
+
+
+def run(cfg: Config, imagefolder: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """``shards from-folder``: the shards, their manifest and metadata, and the resolved config."""
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task: which task's classes the folders name (--task)")
+    stats = from_folder(imagefolder, get_task(cfg.task), out, cfg.shards)
+    save_resolved(cfg, out)
+    return stats

@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from synthimg.atomic import atomic_write
-from synthimg.config import DownloadConfig
+from synthimg.config import Config, DownloadConfig
 from synthimg.data.parquet import read_table
 from synthimg.data.shards import finalize, sample_key, shard_name, write_shard
 from synthimg.errors import SynthimgError
@@ -259,3 +259,15 @@ def _write_shards(cands: pd.DataFrame, tried: pd.DataFrame, ok: dict[int, list[i
         chunk = items[s : s + per]
         if chunk:
             write_shard(out / shard_name("shard", s // per), chunk)
+
+
+def run(cfg: Config, candidates: str | Path, out: str | Path) -> dict[str, Any]:
+    """``download``: our shards of the downloaded images, OUT/download_stats.json and the resolved config."""
+    from synthimg.config import save_resolved
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task (--task, or a config.yaml beside the candidates)")
+    stats = download(candidates, get_task(cfg.task), cfg.download, out)
+    save_resolved(cfg, out)
+    return stats

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthimg.config import IndexConfig
+from synthimg.config import Config, IndexConfig, save_resolved
 from synthimg.errors import SynthimgError
+from synthimg.stage import Stats
 
 KINDS = ("image", "text")
 
@@ -149,6 +150,36 @@ def build_index(out: Path, cfg: IndexConfig, embed_gpu_seconds: float = 0.0) -> 
              "build_seconds": round(time.time() - start, 3),
              "gpu_seconds": carried_gpu_seconds(stats_path, embed_gpu_seconds + time.time() - start)}
     stats_path.write_text(json.dumps(stats, indent=1))
+    return info
+
+
+def run(cfg: Config, out: str | os.PathLike[str], shards: str | os.PathLike[str] | None = None,
+        captions: str | None = None) -> Stats:
+    """``index build`` under one process, torchrun or srun: every rank embeds its shards, rank 0
+    embeds the captions, builds the faiss indexes and writes ``info.json`` and the config.
+
+    Returns ``info.json``'s content on rank 0 and ``{"rank": r}`` elsewhere.
+    """
+    import time
+
+    from synthimg import dist
+
+    if shards is None and captions is None:
+        raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
+    out = Path(out)
+    rank, world = dist.init()
+    start = time.time()
+    if shards is not None:
+        embed_shards(shards, out, cfg.index)
+    dist.barrier()
+    embed_seconds = (time.time() - start) * world
+    if rank != 0:
+        return {"rank": rank}
+    start = time.time()
+    if captions is not None:
+        embed_captions(captions, out, cfg.index)
+    info = build_index(out, cfg.index, embed_seconds + time.time() - start)
+    save_resolved(cfg, out)
     return info
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthimg.config import RetrieveConfig
+from synthimg.config import Config, RetrieveConfig
 from synthimg.errors import SynthimgError
 from synthimg.registry import Registry
 from synthimg.retrieval.safety import flagged
@@ -169,4 +169,16 @@ def retrieve(task: TaskSpec, cfg: RetrieveConfig, out: str | Path) -> tuple[pd.D
         "gpu_seconds": round(time.time() - start, 3) if cfg.backend == "local" else 0.0,
     }
     (out / "retrieve_stats.json").write_text(json.dumps(stats, indent=1))
+    return table, stats
+
+
+def run(cfg: Config, out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``retrieve``: OUT/candidates.parquet, OUT/retrieve_stats.json and the resolved config."""
+    from synthimg.config import save_resolved
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task to retrieve for (--task)")
+    table, stats = retrieve(get_task(cfg.task), cfg.retrieve, out)
+    save_resolved(cfg, out)
     return table, stats

@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from synthimg.atomic import atomic_path, atomic_write
-from synthimg.config import CaptionsConfig
+from synthimg.config import CaptionsConfig, Config, save_resolved
+from synthimg.errors import SynthimgError
 from synthimg.manifests import manifests
 from synthimg.registry import Registry
 from synthimg.synthetic.prompting import (
@@ -202,3 +203,14 @@ def _provenance(table: pd.DataFrame, task: TaskSpec, cfg: CaptionsConfig, llm: A
         table["temperature"], table["top_p"], table["max_new_tokens"] = cfg.temperature, cfg.top_p, cfg.max_new_tokens
     first = ["class_id", "class_name", "caption_index", "caption"]
     return table[first + [c for c in table.columns if c not in first]]
+
+
+def run(cfg: Config, out: str | Path, keep_parts: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``captions``: OUT/captions.parquet, OUT/captions_stats.json and the resolved config."""
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task to caption (--task)")
+    table, stats = make_captions(get_task(cfg.task), cfg.captions, out, keep_parts=keep_parts)
+    save_resolved(cfg, out)
+    return table, stats

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthimg.config import GenerateConfig
+from synthimg.config import Config, GenerateConfig
 from synthimg.data.shards import finalize, sample_key, shard_name, write_shard
 from synthimg.errors import SynthimgError
 from synthimg.pause import pause_point
@@ -295,3 +295,27 @@ def generate(
     }
     (out / "generate_stats.json").write_text(json.dumps(stats, indent=1))
     return stats
+
+
+def run(cfg: Config, out: str | Path, captions: str | Path | None = None) -> dict[str, Any]:
+    """``generate`` under one process, torchrun or srun: captions (or SDEdit init shards) into
+    shards; rank 0 writes the stats and the resolved config (with its preset applied)."""
+    from synthimg import dist
+    from synthimg.config import save_resolved
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task (--task, or a config.yaml beside the captions)")
+    gcfg = apply_preset(cfg.generate)
+    spec = get_task(cfg.task)
+    if gcfg.init_shards:
+        items = init_items(gcfg.init_shards, spec, gcfg)
+    elif captions is not None:
+        items = text_items(load_captions(captions, spec), spec, gcfg)
+    else:
+        raise SynthimgError("--captions FILE (or --init-shards DIR for SDEdit) is required")
+    rank, _ = dist.init()
+    stats = generate(items, spec, gcfg, out)
+    if rank == 0:
+        save_resolved(cfg.model_copy(update={"generate": gcfg}), out)
+    return {**stats, "rank": rank}

@@ -63,7 +63,7 @@ class Recipe:
     vae_lr: float = 1e-3
     vae_channels: tuple[int, ...] = (32, 64, 64)
     vae_latent: int = 8
-    unet_steps: int = 12000
+    unet_steps: int = 9000
     unet_batch: int = 64
     unet_lr: float = 5e-4
     unet_warmup: int = 200
