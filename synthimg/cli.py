@@ -683,8 +683,8 @@ def analyze_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """FID/KID of each subset to the test set, a CLIP-score histogram and gallery thumbnails (for the report)."""
-    from synthimg.evaluation.distance import analyze
     from synthimg import dist
+    from synthimg.evaluation.distance import analyze
     from synthimg.tasks import get_task
 
     cfg = _resolve(config, overrides, "curate", {"model": model, "pretrained": pretrained}, task, "--task is required")

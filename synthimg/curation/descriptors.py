@@ -18,6 +18,7 @@ import numpy as np
 
 from synthimg.config import CurateConfig
 from synthimg.errors import SynthimgError
+from synthimg.plugins import Descriptor
 from synthimg.registry import Registry
 
 ISC_THRESHOLD = 0.604169  # paper Sec. 3.3, Table 1
@@ -28,7 +29,7 @@ register = DESCRIPTORS.register
 
 
 
-def create_descriptor(cfg: CurateConfig, device: str) -> Any:
+def create_descriptor(cfg: CurateConfig, device: str) -> Descriptor:
     """The configured float descriptor, or None for ``descriptor: none``."""
     if cfg.descriptor == "none":
         return None
@@ -86,10 +87,9 @@ def load_isc_checkpoint(path: Path) -> dict[str, Any]:
     refuses; that one class is allow-listed, nothing else.
     """
     import argparse
+    import pickle
 
     import torch
-
-    import pickle
 
     try:
         if hasattr(torch.serialization, "safe_globals"):  # torch >= 2.5: scoped to this load

@@ -81,9 +81,9 @@ def analyze(
 
     from synthimg.data.loader import shard_pipeline
     from synthimg.data.shards import list_shards
+    from synthimg.data.splits import load_split
     from synthimg.evaluation.linear_probe import extract_features
     from synthimg.models.clip import create_clip
-    from synthimg.data.splits import load_split
 
     out = Path(out)
     (out / "gallery").mkdir(parents=True, exist_ok=True)

@@ -129,8 +129,8 @@ def load_learner(checkpoint: str | Path, device: str) -> tuple[Any, dict[str, An
     import torch
 
     from synthimg.config import Config
-    from synthimg.tasks import get_task
     from synthimg.models.learners import build_learner
+    from synthimg.tasks import get_task
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = Config.model_validate(ckpt["config"])
@@ -157,9 +157,9 @@ def evaluate(
     arm: str = "zeroshot_baseline", seed: int = 0, cache_dir: Path | None = None,
 ) -> list[ResultRecord]:
     """Evaluate an open_clip model or a synthimg checkpoint; append the lines to ``output``."""
+    from synthimg import dist
     from synthimg.config import config_hash
     from synthimg.models.clip import ClipClassifier, create_clip
-    from synthimg import dist
 
     device = dist.device()
     if pretrained and is_synthimg_checkpoint(pretrained):

@@ -36,10 +36,10 @@ def embed_shards(shards: str | Path, out: Path, cfg: IndexConfig, progress: bool
     """Image embeddings of every sample of a shard folder (ours or img2dataset's), one part per shard."""
     import torch
 
+    from synthimg import dist
     from synthimg.data.loader import shard_pipeline
     from synthimg.data.shards import list_shards
     from synthimg.models.clip import create_clip
-    from synthimg import dist
     from synthimg.runtime import autocast
 
     rank, world = dist.init()
@@ -81,8 +81,8 @@ def embed_captions(metadata: str, out: Path, cfg: IndexConfig, chunk: int = 100_
     import torch
     import torch.nn.functional as F
 
-    from synthimg.models.clip import create_clip
     from synthimg import dist
+    from synthimg.models.clip import create_clip
 
     files = sorted(glob.glob(metadata)) if any(ch in metadata for ch in "*?[") else [metadata]
     if not files or not all(Path(f).is_file() for f in files):

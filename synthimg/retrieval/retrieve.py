@@ -23,6 +23,7 @@ import pandas as pd
 
 from synthimg.config import Config, RetrieveConfig
 from synthimg.errors import SynthimgError
+from synthimg.plugins import Search
 from synthimg.registry import Registry
 from synthimg.retrieval.safety import flagged
 from synthimg.tasks.spec import TaskSpec
@@ -80,7 +81,7 @@ class _Collector:
         return pd.DataFrame(out, columns=COLUMNS)
 
 
-def _semantic(task: TaskSpec, cfg: RetrieveConfig, search: Any, name: str) -> _Collector:
+def _semantic(task: TaskSpec, cfg: RetrieveConfig, search: Search, name: str) -> _Collector:
     """Query every class with each template; re-ask short classes with a doubled k."""
     col = _Collector(task, name)
     k = cfg.k_per_query

@@ -13,6 +13,7 @@ from typing import Any
 
 from synthimg.config import CaptionsConfig
 from synthimg.errors import SynthimgError
+from synthimg.plugins import LLM
 from synthimg.registry import Registry
 
 BACKENDS = Registry("LLM backend")
@@ -20,7 +21,7 @@ register = BACKENDS.register
 
 
 
-def create_llm(cfg: CaptionsConfig) -> Any:
+def create_llm(cfg: CaptionsConfig) -> LLM:
     name = cfg.llm_backend or ("openai" if cfg.llm_url else "transformers")
     if name != "openai" and not cfg.llm:
         raise SynthimgError("--method llm needs --llm ID_OR_PATH (or --llm-url for an OpenAI-compatible server)")

@@ -31,9 +31,10 @@ from synthimg.atomic import atomic_path
 from synthimg.config import Config, config_hash, save_resolved, to_dict
 from synthimg.dist import barrier
 from synthimg.errors import SynthimgError
+from synthimg.models.learners import Learner, build_learner, learner_name
 from synthimg.models.unwrap import unwrap
 from synthimg.pause import pause_point
-from synthimg.models.learners import Learner, build_learner, learner_name
+from synthimg.plugins import Evaluator
 
 log = logging.getLogger("synthimg.train")
 
@@ -102,7 +103,7 @@ class Trainer:
     evaluation stage; the caller (the CLI, a study) passes it in.
     """
 
-    def __init__(self, cfg: Config, evaluator: Any = None):
+    def __init__(self, cfg: Config, evaluator: Evaluator | None = None):
         if cfg.task is None:
             raise SynthimgError("--task is required")
         from synthimg.tasks import get_task
@@ -445,6 +446,6 @@ class _null:
         return None
 
 
-def train(cfg: Config, evaluator: Any = None) -> Path:
+def train(cfg: Config, evaluator: Evaluator | None = None) -> Path:
     """Train as configured; returns the run directory."""
     return Trainer(cfg, evaluator).run()
