@@ -253,6 +253,17 @@ def _typed(name: str, value: Any) -> bool:
     return value is not None  # an option of another name (a converted value): given when set
 
 
+# flag keys whose value is computed from other options (not the option of the same name)
+_CONVERTED = {"height", "width"}
+
+
+def _either(value: Any, fallback: Any, name: str, fallback_name: str) -> Any:
+    """``value`` when its option was typed, else ``fallback`` when that one was (``--height`` beats ``--size``)."""
+    if _typed(name, value):
+        return value
+    return fallback if _typed(fallback_name, fallback) else None
+
+
 def _resolve(
     config: Optional[Path], overrides: Optional[list[str]], section: str, flags: dict[str, Any],
     task: Optional[str] = None, require_task: str = "", beside: Optional[Path] = None,
@@ -272,7 +283,7 @@ def _resolve(
 
     if task is None and beside is not None and (beside.parent / "config.yaml").is_file():
         task = yaml.safe_load((beside.parent / "config.yaml").read_text()).get("task")
-    given = {k: v for k, v in flags.items() if _typed(k, v)}
+    given = {k: v for k, v in flags.items() if (v is not None if k in _CONVERTED else _typed(k, v))}
     if given.get("pretrained") == "none":
         given["pretrained"] = None
     given.update(sets or {})
@@ -432,7 +443,7 @@ def train_cmd(
     """Fine-tune a learner on shards (python -m, torchrun or srun); writes LOGS/NAME."""
     from synthimg.evaluation.run import RunEvaluator
     from synthimg.tasks import get_task
-    from synthimg.train.engine import train
+    from synthimg.train import engine
 
     def parts(text: Optional[str], cast: Any = str) -> Optional[list[Any]]:
         return None if text is None else [cast(p) if p else "" for p in text.split("::")]
@@ -444,11 +455,9 @@ def train_cmd(
              "grad_accum": grad_accum, "pretrained": pretrained}
     cfg = _resolve(config, overrides, "train", flags, task, "--task is required")
     evaluator = RunEvaluator(get_task(cfg.task), cfg.train.eval_root, cfg.eval) if cfg.train.eval_root else None
-    run_dir = train(cfg, evaluator)
-    from synthimg import dist
-
-    if dist.rank_world()[0] == 0:
-        typer.echo(f"run finished: {run_dir}")
+    stats = engine.run(cfg, evaluator)
+    if stats["rank"] == 0:
+        typer.echo(f"run finished: {stats['run_dir']}")
 
 
 @app.command("eval")
@@ -467,15 +476,11 @@ def eval_cmd(
     overrides: Optional[list[str]] = OverridesArg,
 ) -> None:
     """Zero-shot and linear-probe accuracy of a model or checkpoint; appends lines to OUTPUT."""
-    from synthimg.evaluation.run import evaluate
-    from synthimg.tasks import get_task
+    from synthimg.evaluation import run as eval_stage
 
     flags = {"modes": _split_list(modes), "splits": _split_list(splits), "batch_size": batch_size, "workers": workers}
     cfg = _resolve(config, overrides, "eval", flags, task, "--task is required")
-    name = model or cfg.train.model
-    weights = None if pretrained in (None, "none") else pretrained
-    records = evaluate(name, weights, get_task(cfg.task), dataset_root, cfg.eval, output, arm=arm,
-                       cache_dir=output.parent / "features")
+    records = eval_stage.run(cfg, model, pretrained, dataset_root, output, arm=arm)
     for r in records:
         typer.echo(f"{r.dataset} {r.model} {r.pretrained} {r.eval_mode} {r.split}: acc1 {r.metrics.acc1:.4f}")
 
@@ -506,9 +511,9 @@ def captions_cmd(
     cfg = _resolve(config, overrides, "captions", {
         "per_class": per_class, "method": method, "llm": llm, "llm_url": llm_url, "llm_backend": llm_backend,
         "seed": seed, "backgrounds": backgrounds}, task, "--task is required")
-    table, stats = captions_stage.run(cfg, out, keep_parts=keep_parts)
+    stats = captions_stage.run(cfg, out, keep_parts=keep_parts)
     short = stats["short_classes"]
-    typer.echo(f"wrote {len(table)} captions ({cfg.captions.per_class} per class, {cfg.captions.method}) to "
+    typer.echo(f"wrote {stats['count']} captions ({cfg.captions.per_class} per class, {cfg.captions.method}) to "
                f"{out / 'captions.parquet'}; {len(short)} classes short of the quota")
     for name, n in list(short.items())[:20]:
         typer.echo(f"short: {name} has {n} of {cfg.captions.per_class}", err=True)
@@ -567,7 +572,7 @@ def generate_cmd(
     from synthimg.synthetic import generate as generate_stage
 
     flags = {"model_id": model_id, "seed": seed, "steps": steps, "cfg": cfg_scale, "scheduler": scheduler,
-             "preset": preset, "height": height or size, "width": width or size, "stored_size": stored_size,
+             "preset": preset, "height": _either(height, size, "height", "size"), "width": _either(width, size, "width", "size"), "stored_size": stored_size,
              "batch_size": batch_size, "images_per_caption": images_per_caption, "images_per_shard": images_per_shard,
              "negative_prompt": negative_prompt, "init_shards": init_shards, "init_keys": init_keys,
              "strength": strength}
@@ -600,8 +605,8 @@ def retrieve_cmd(
     flags = {"backend": backend, "per_class": per_class, "url": url, "indice_name": indice_name, "index": index,
              "metadata": metadata, "k_per_query": k}
     cfg = _resolve(config, overrides, "retrieve", flags, task, "--task is required")
-    table, stats = retrieve.run(cfg, out)
-    typer.echo(f"{len(table)} candidates ({stats['backend']}) -> {out / 'candidates.parquet'}; "
+    stats = retrieve.run(cfg, out)
+    typer.echo(f"{stats['count']} candidates ({stats['backend']}) -> {out / 'candidates.parquet'}; "
                f"{len(stats['short_classes'])} classes below {cfg.retrieve.per_class}")
 
 

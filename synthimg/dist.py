@@ -81,8 +81,16 @@ def device() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return f"cuda:{launch_env().local_rank}"
+        return f"cuda:{gpu_index()}"
     return "cpu"
+
+
+def gpu_index() -> int:
+    """This process's GPU: its local rank among the visible devices (one visible device each under
+    ``srun --gpus-per-task 1``: then it is device 0)."""
+    import torch
+
+    return launch_env().local_rank % max(1, torch.cuda.device_count())
 
 
 def init() -> tuple[int, int]:
@@ -106,7 +114,7 @@ def init() -> tuple[int, int]:
         os.environ.update(RANK=str(launch.rank), WORLD_SIZE=str(launch.world), LOCAL_RANK=str(launch.local_rank),
                           MASTER_ADDR=str(launch.master_addr), MASTER_PORT=str(launch.master_port))
     if torch.cuda.is_available():
-        torch.cuda.set_device(launch.local_rank)
+        torch.cuda.set_device(gpu_index())
     minutes = int(os.environ.get("SYNTHIMG_DIST_TIMEOUT_MIN", "180"))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                             timeout=datetime.timedelta(minutes=minutes))

@@ -69,7 +69,12 @@ def test_each_sample_once_per_epoch_and_order_is_a_function_of_seed_and_epoch(so
 
 
 def test_batch_diversity_matches_iid_and_the_check_can_fail(sorted_shards):
-    from synthimg.train.data import MicroBatches, batch_diversity, expected_distinct, plan_epoch
+    from synthimg.train.data import (
+        MicroBatches,
+        batch_diversity,
+        expected_distinct,
+        plan_epoch,
+    )
 
     tcfg, table = _table(sorted_shards)
     iid = expected_distinct(np.full(CLASSES, PER_CLASS), BATCH)

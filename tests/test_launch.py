@@ -47,9 +47,15 @@ def srun_like(argv: list[str], tasks: int = 2, timeout: int = 600) -> None:
     procs = [subprocess.Popen([sys.executable, "-m", "synthimg", *argv], env=base | {"SLURM_PROCID": str(i),
                                                                                      "SLURM_LOCALID": str(i)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(tasks)]
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err[-3000:]
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            assert p.returncode == 0, err[-3000:]
+    finally:  # a failed task leaves the other waiting for it in init: stop it
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def torchrun(argv: list[str], timeout: int = 600) -> None:

@@ -45,7 +45,12 @@ def clip_client(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """An index with both kinds: images from shards, captions (4 duplicates, 3 flagged) from a parquet."""
-    from synthimg.retrieval.index import LocalIndex, build_index, embed_captions, embed_shards
+    from synthimg.retrieval.index import (
+        LocalIndex,
+        build_index,
+        embed_captions,
+        embed_shards,
+    )
     from synthimg.retrieval.serve import make_server
     from tests.conftest import write_dataset
 
@@ -181,5 +186,8 @@ def test_one_nsfw_rule_for_client_and_server():
     from synthimg.retrieval.safety import flagged
 
     assert retrieve.flagged is flagged and serve.flagged is flagged
+    import numpy as np
+
     assert [flagged(v) for v in ("NSFW", "UNSURE", "unsure", "UNLIKELY", None, float("nan"), True, 0)] == \
         [True, True, True, False, False, False, True, False]
+    assert flagged(1.0) and flagged(np.float64(1)) and flagged(np.int64(1)) and not flagged(0.0) and flagged("1")

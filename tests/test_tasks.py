@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from synthimg.data.splits import load_split, split_indices
 from synthimg.errors import SynthimgError
 from synthimg.tasks import TaskSpec, get_task, list_tasks, render
 from synthimg.tasks.spec import RandomSplit, SplitSpec
-from synthimg.data.splits import load_split, split_indices
 
 COUNTS = {
     "imagenet": 1000, "fgvc_aircraft": 100, "stanford_cars": 196, "dtd": 47, "flowers102": 102, "oxford_pets": 37,

@@ -14,7 +14,14 @@ from PIL import Image
 
 from synthimg.data.loader import shard_pipeline
 from synthimg.data.shards import list_shards
-from synthimg.toyworld.pretrain import CLIP_FILE, CONTEXT, SD_FOLDER, WEIGHTS, Recipe, pretrain
+from synthimg.toyworld.pretrain import (
+    CLIP_FILE,
+    CONTEXT,
+    SD_FOLDER,
+    WEIGHTS,
+    Recipe,
+    pretrain,
+)
 from synthimg.toyworld.world import WorldConfig, build_world, upstream_sample
 
 SMALL = WorldConfig(upstream=400, bench_train=4, bench_val=2, bench_test=6, planted_per_task=4)
@@ -145,6 +152,7 @@ def _unet_tensors(folder: Path) -> dict:
     return load_file(str(folder / SD_FOLDER / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
+@pytest.mark.slow
 def test_pretraining_runs_and_an_interrupted_unet_resumes_to_the_same_weights(small_world, tmp_path):
     stats = pretrain(small_world, tmp_path / "a", Recipe.quick(), echo=lambda *_: None)
     assert (tmp_path / "a" / CLIP_FILE).is_file() and (tmp_path / "a" / SD_FOLDER / "unet").is_dir()
@@ -190,7 +198,7 @@ def test_demo_quick_end_to_end(tmp_path):
     report = tmp_path / "study_quick" / "report"
     assert (report / "report.html").is_file() and (report / "scaling_toy_shapes.png").is_file()
     console = proc.stdout + proc.stderr
-    assert "Warning" not in console and "<|endoftext|>" not in console and "Traceback" not in console
+    assert "warning" not in console.lower() and "<|endoftext|>" not in console and "Traceback" not in console
     assert (tmp_path / "demo.log").stat().st_size > 0  # the libraries' output went to the log
     results = proc.stdout.index("Answer on this run")  # the answer comes first, then the tables
     assert results < proc.stdout.index("retrieved − synthetic at equal N") < proc.stdout.index("toy_shapes: test")

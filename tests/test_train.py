@@ -196,7 +196,7 @@ def test_the_test_probe_trains_on_train_plus_val():
 
 
 def test_the_paper_schedule():
-    from synthimg.train.schedule import warmup_cosine
+    from synthimg.models.schedule import warmup_cosine
 
     # the official cosine_lr: (i + 1) / warmup, then 0.5 (1 + cos(pi (i - w) / (T - w)))
     assert warmup_cosine(0, 500, 1000) == pytest.approx(1 / 500)

@@ -91,7 +91,12 @@ def streaming_epoch(shards: Path, batch: int, workers: int, seed: int, size: int
 
 def iid_epoch(shards: Path, batch: int, workers: int, seed: int, size: int, steps: int):
     from synthimg.config import load_config
-    from synthimg.train.data import epoch_loader, plan_epoch, resolve_sources, sample_table
+    from synthimg.train.data import (
+        epoch_loader,
+        plan_epoch,
+        resolve_sources,
+        sample_table,
+    )
 
     cfg = load_config(overrides=[f"train.data=[{shards}]", f"train.batch_size={batch}", f"train.seed={seed}"]).train
     table = sample_table(resolve_sources(cfg))

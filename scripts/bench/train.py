@@ -46,9 +46,9 @@ def plain_loop(root: Path, args: argparse.Namespace, steps: int) -> float:
 
     from synthimg.config import TrainConfig
     from synthimg.dist import device as default_device
+    from synthimg.models.learners import build_learner
     from synthimg.runtime import autocast
     from synthimg.tasks import get_task
-    from synthimg.train.learners import build_learner
 
     device = default_device()
     cfg = TrainConfig(model=args.model, pretrained=None, precision=args.precision)

@@ -79,7 +79,7 @@ def train_probe(train: tuple[Any, Any], num_classes: int, settings: ProbeSetting
     import torch
     import torch.nn.functional as F
 
-    from synthimg.train.schedule import paper_scheduler
+    from synthimg.models.schedule import paper_scheduler
 
     x, y = train[0].to(device), train[1].to(device)
     x = F.normalize(x.float(), dim=-1)  # the official ClassificationHead(normalize=True)

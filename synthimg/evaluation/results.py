@@ -39,7 +39,8 @@ class ResultRecord(BaseModel):
     metrics: Metrics
     language: str = "en"
     classnames: list[str] | None = Field(None, description="as CLIP_benchmark's --dump_classnames writes them")
-    templates: list[str] | None = Field(None, description="as CLIP_benchmark's --dump_templates writes them")
+    templates: list[str] | dict[str, list[str]] | None = Field(
+        None, description="as CLIP_benchmark's --dump_templates writes them (a dict per class for CuPL prompts)")
     arm: Arm
     arm_source: str | None = Field(None, description="the training data's provenance: synthetic, retrieved, mixed, ...")
     num_train_images: int = 0

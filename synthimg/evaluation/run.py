@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from synthimg.config import EvalConfig
+from synthimg.config import Config, EvalConfig
 from synthimg.errors import SynthimgError
 from synthimg.evaluation.linear_probe import (
     ProbeSettings,
@@ -189,3 +189,20 @@ def evaluate(
         records += linear_probe_records(encode, transform, task, root, cfg, device, base, cache_dir, tag)
     append_results(output, records)
     return records
+
+
+def run(cfg: Config, model: str | None, pretrained: str | None, root: str | Path, output: str | Path,
+        arm: str = "zeroshot_baseline") -> list[ResultRecord]:
+    """``eval``: zero-shot and the linear probes of a model (``pretrained`` None or "none": random
+    weights; a synthimg checkpoint names its own model); lines appended to ``output``, probe
+    features cached beside it (``features/``)."""
+    from synthimg import dist
+    from synthimg.tasks import get_task
+
+    if cfg.task is None:
+        raise SynthimgError("no task to evaluate on (--task)")
+    if dist.rank_world()[0] != 0:  # one process evaluates; under torchrun the others would append the same lines
+        return []
+    weights = None if pretrained in (None, "none") else pretrained
+    return evaluate(model or cfg.train.model, weights, get_task(cfg.task), root, cfg.eval, output, arm=arm,
+                    cache_dir=Path(output).parent / "features")

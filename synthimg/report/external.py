@@ -48,7 +48,7 @@ def dataset_name(name: str) -> str:
 def arm_from_file(path: Path, obj: dict[str, Any]) -> str:
     """The file's stem, less CLIP_benchmark's default ``{dataset}_`` prefix and ``_{language}_{task}`` suffix."""
     stem = path.stem
-    dataset = str(obj.get("dataset", "")).replace("/", "_")
+    dataset = str(obj.get("dataset", "")).removeprefix("wds/").replace("/", "_")  # as CLIP_benchmark names it
     if dataset and stem.startswith(dataset + "_"):
         stem = stem[len(dataset) + 1:]
     task, language = str(obj.get("task", "")), str(obj.get("language", ""))

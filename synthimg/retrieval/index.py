@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from synthimg.atomic import atomic_path
 from synthimg.config import Config, IndexConfig, save_resolved
 from synthimg.errors import SynthimgError
 from synthimg.stage import Stats
@@ -25,11 +26,10 @@ KINDS = ("image", "text")
 
 
 def _save_part(folder: Path, name: str, emb: np.ndarray, meta: pd.DataFrame) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    meta.to_parquet(folder / f"{name}.parquet.tmp", index=False)
-    np.save(folder / f"{name}.npy.tmp.npy", emb.astype(np.float32))
-    os.replace(folder / f"{name}.npy.tmp.npy", folder / f"{name}.npy")
-    os.replace(folder / f"{name}.parquet.tmp", folder / f"{name}.parquet")  # the metadata marks the part done
+    with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, emb.astype(np.float32))
+    with atomic_path(folder / f"{name}.parquet") as tmp:  # the metadata, written last, marks the part done
+        meta.to_parquet(tmp, index=False)
 
 
 def embed_shards(shards: str | Path, out: Path, cfg: IndexConfig, progress: bool = True) -> int:

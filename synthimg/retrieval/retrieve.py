@@ -173,13 +173,13 @@ def retrieve(task: TaskSpec, cfg: RetrieveConfig, out: str | Path) -> tuple[pd.D
     return table, stats
 
 
-def run(cfg: Config, out: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run(cfg: Config, out: str | Path) -> dict[str, Any]:
     """``retrieve``: OUT/candidates.parquet, OUT/retrieve_stats.json and the resolved config."""
     from synthimg.config import save_resolved
     from synthimg.tasks import get_task
 
     if cfg.task is None:
         raise SynthimgError("no task to retrieve for (--task)")
-    table, stats = retrieve(get_task(cfg.task), cfg.retrieve, out)
+    _, stats = retrieve(get_task(cfg.task), cfg.retrieve, out)
     save_resolved(cfg, out)
-    return table, stats
+    return stats

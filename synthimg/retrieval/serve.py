@@ -131,16 +131,20 @@ class KnnBackend:
         text, image, image_url = body.get("text"), body.get("image"), body.get("image_url")
         embedding = body.get("embedding_input")
         if text:
-            return index.embed_text([str(text)])
+            with self.lock:
+                return index.embed_text([str(text)])
         if image or image_url:
             from PIL import Image, UnidentifiedImageError
 
-            try:
+            try:  # fetched and decoded outside the lock: a slow URL never holds up other queries
                 blob = base64.b64decode(image, validate=False) if image else fetch_image(str(image_url),
                                                                                           self.allow_files)
-                return index.embed_images([Image.open(io.BytesIO(blob))])
+                picture = Image.open(io.BytesIO(blob))
+                picture.load()
             except (binascii.Error, UnidentifiedImageError, OSError) as err:
                 raise ValueError(f"the query image cannot be read ({err})") from None
+            with self.lock:
+                return index.embed_images([picture])
         if embedding is not None:
             vec = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
             if vec.shape[1] != index.indexes[next(iter(index.indexes))].d:
@@ -156,8 +160,7 @@ class KnnBackend:
             raise ValueError(f"modality must be image or text, not {modality!r}")
         num_images = int(body.get("num_images", 40))
         num_result_ids = max(int(body.get("num_result_ids") or num_images), num_images)
-        with self.lock:
-            vector = self.query_vector(index, body)
+        vector = self.query_vector(index, body)
         sims, ids, emb = index.search_and_reconstruct(vector, modality, num_result_ids)
         drop = duplicates(emb) if body.get("deduplicate", False) else set()
         rows = index.rows(modality, ids.tolist())

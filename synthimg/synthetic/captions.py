@@ -205,12 +205,12 @@ def _provenance(table: pd.DataFrame, task: TaskSpec, cfg: CaptionsConfig, llm: A
     return table[first + [c for c in table.columns if c not in first]]
 
 
-def run(cfg: Config, out: str | Path, keep_parts: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+def run(cfg: Config, out: str | Path, keep_parts: bool = False) -> dict[str, Any]:
     """``captions``: OUT/captions.parquet, OUT/captions_stats.json and the resolved config."""
     from synthimg.tasks import get_task
 
     if cfg.task is None:
         raise SynthimgError("no task to caption (--task)")
-    table, stats = make_captions(get_task(cfg.task), cfg.captions, out, keep_parts=keep_parts)
+    _, stats = make_captions(get_task(cfg.task), cfg.captions, out, keep_parts=keep_parts)
     save_resolved(cfg, out)
-    return table, stats
+    return stats

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from synthimg.atomic import atomic_path
 from synthimg.toyworld import world as W
 
 log = logging.getLogger("synthimg.toyworld")
@@ -324,9 +325,9 @@ def pretrain_unet(world: Path, out: Path, clip_file: Path, vae_dir: Path, recipe
             evals[step] = evaluate(pipeline(ema_unet()), step)
             echo(f"unet step {step}: {evals[step]}")
         if step % recipe.checkpoint_every == 0 and step < recipe.unet_steps:
-            torch.save({"hash": recipe.stage_hash("unet"), "step": step, "unet": unet.state_dict(),
-                        "opt": opt.state_dict(), "lr": lr.state_dict(), "ema": ema.state_dict()}, ckpt.with_suffix(".tmp"))
-            ckpt.with_suffix(".tmp").replace(ckpt)
+            with atomic_path(ckpt) as tmp:
+                torch.save({"hash": recipe.stage_hash("unet"), "step": step, "unet": unet.state_dict(),
+                            "opt": opt.state_dict(), "lr": lr.state_dict(), "ema": ema.state_dict()}, tmp)
     pipe = pipeline(ema_unet())
     pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
     _slim_tokenizer(out / "tokenizer")

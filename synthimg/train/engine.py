@@ -35,6 +35,7 @@ from synthimg.models.learners import Learner, build_learner, learner_name
 from synthimg.models.unwrap import unwrap
 from synthimg.pause import pause_point
 from synthimg.plugins import Evaluator
+from synthimg.stage import Stats
 
 log = logging.getLogger("synthimg.train")
 
@@ -75,7 +76,7 @@ def _optimizer(learner: Learner, cfg: Any, total_steps: int) -> tuple[Any, Any]:
     """
     from timm.optim import create_optimizer_v2
 
-    from synthimg.train.schedule import paper_scheduler
+    from synthimg.models.schedule import paper_scheduler
 
     trainable = unwrap(learner.model)
     opt = create_optimizer_v2(trainable, opt="adamw", lr=cfg.lr, weight_decay=cfg.wd, betas=(cfg.beta1, cfg.beta2),
@@ -449,3 +450,13 @@ class _null:
 def train(cfg: Config, evaluator: Evaluator | None = None) -> Path:
     """Train as configured; returns the run directory."""
     return Trainer(cfg, evaluator).run()
+
+
+def run(cfg: Config, evaluator: Evaluator | None = None) -> Stats:
+    """``train``: the run folder (checkpoints, out.log, train_stats.json, config.yaml; the
+    evaluator's results.jsonl); returns ``train_stats.json`` with ``run_dir`` and this rank."""
+    run_dir = train(cfg, evaluator)
+    rank = dist.rank_world()[0]
+    path = run_dir / "train_stats.json"
+    stats = json.loads(path.read_text()) if rank == 0 and path.is_file() else {}
+    return {**stats, "run_dir": str(run_dir), "rank": rank}
