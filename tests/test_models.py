@@ -84,3 +84,22 @@ def test_unwrap_sees_through_ddp_and_compile_wrappers():
     compiled = Wrapper(core)
     compiled._orig_mod = compiled.module  # torch.compile's shape
     assert unwrap(Wrapper(compiled)) is core
+
+
+def test_an_open_clip_text_tower_converts_to_transformers_exactly(tmp_path):
+    import torch
+
+    from synthimg.models.clip import create_clip
+    from synthimg.models.clip_text import clip_tokenizer, to_hf_text_model
+
+    torch.manual_seed(0)
+    bundle = create_clip("synthimg-toy-clip")  # random weights: nothing shipped is needed
+    model = bundle.model.float().eval()
+    hf = to_hf_text_model(model).eval()
+    tok = clip_tokenizer(tmp_path / "tok", 32)
+    texts = ["a photo of a circle.", "small red six-sided shape png", ""]
+    ids = tok(texts, padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = hf(ids).pooler_output @ model.text_projection
+        theirs = model.encode_text(bundle.tokenizer(texts))
+    assert torch.allclose(ours, theirs, atol=1e-5)
