@@ -97,9 +97,10 @@ def accuracy(judge: tuple[Any, Any, Any], images: list[Any], labels: list[int]) 
 
 def load_pipeline(folder: Path) -> Any:
     """The toy pipeline in fp32 with a DDIM scheduler and no progress bars."""
+    import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder)  # fp32, the default
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32)  # shipped in fp16
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe

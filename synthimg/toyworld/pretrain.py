@@ -337,7 +337,13 @@ def pretrain_unet(world: Path, out: Path, clip_file: Path, vae_dir: Path, recipe
 
 
 def _slim_tokenizer(folder: Path) -> None:
-    """Keep vocab.json + merges.txt (1.5 MB) and drop tokenizer.json (3.6 MB, rebuilt from them on load)."""
+    """Ship vocab.json + merges.txt (1.5 MB) instead of tokenizer.json (3.6 MB, rebuilt from them on load).
+
+    transformers 5 saves only tokenizer.json, so the two files are written here.
+    """
+    from synthimg.models.clip_bpe import write_clip_tokenizer_files
+
+    write_clip_tokenizer_files(folder)
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         (folder / "tokenizer.json").unlink(missing_ok=True)
 
