@@ -139,6 +139,7 @@ class Images(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_index_build_local_retrieve_and_quota_download(tmp_path):
     from synthimg.cli import main
     from synthimg.data.manifest import read_manifest
@@ -336,6 +337,7 @@ def _good(n: int) -> list[int]:
     return [i for i in range(1000) if i % 7 in (0, 5, 6)][:n]
 
 
+@pytest.mark.slow
 def test_download_tops_up_short_classes_resumes_and_keeps_or_drops_rounds(tmp_path, monkeypatch):
     from synthimg.retrieval import download as dl
 

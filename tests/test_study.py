@@ -220,6 +220,7 @@ def test_study_config_errors_are_one_line(world, tmp_path, change, message):
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_slurm_executor_through_submitit(world, tmp_path):
     pytest.importorskip("submitit")
     path = _study(world, tmp_path / "j", scales=[20], seeds=[0], analysis=False, baseline=False,
