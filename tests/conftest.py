@@ -72,3 +72,22 @@ def write_colour_shards(out: Path, n: int, offset: int, source: str = "synthetic
             w.write({"__key__": sample_key(i), "jpg": _jpeg(c, offset + i), "cls": c, "txt": "x",
                      "json": {"source": source, "class_id": c, "class_name": CLASSNAMES[c]}})
     finalize(out, CLASSNAMES)
+
+
+def scoring_copies(tmp_path: Path, names: tuple[str, ...]) -> tuple[list[str], list[Path]]:
+    """``curate score`` arguments for a saved tiny-ViT checkpoint, and one identical 40-sample
+    shard folder per name, so that launches can be compared score for score."""
+    import shutil
+
+    import torch
+
+    from synthimg.models.clip import create_clip
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": create_clip("synthimg-tiny-vit").model.state_dict()}, ckpt)
+    folders = [tmp_path / n for n in names]
+    write_dataset(folders[0], n=40, maxcount=10)
+    for f in folders[1:]:
+        shutil.copytree(folders[0], f)
+    args = ["--quiet", "curate", "score", "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained", str(ckpt)]
+    return args, folders

@@ -276,22 +276,13 @@ def test_cli_sequence_feeds_the_loader(planted, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_score_like_one(tmp_path):
-    import shutil
     import subprocess
     import sys
 
-    import torch
+    from tests.conftest import scoring_copies
 
-    from synthimg.models.clip import create_clip
-    from tests.conftest import write_dataset
-
-    ckpt = tmp_path / "tiny.pt"
-    torch.save({"state_dict": create_clip("synthimg-tiny-vit").model.state_dict()}, ckpt)
-    one, two = tmp_path / "one", tmp_path / "two"
-    write_dataset(one, n=40, maxcount=10)
-    shutil.copytree(one, two)
-    args = ["--quiet", "curate", "score", "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained", str(ckpt),
-            "--workers", "1"]
+    args, (one, two) = scoring_copies(tmp_path, ("one", "two"))
+    args += ["--workers", "1"]
     for folder, launcher in ((one, [sys.executable, "-m", "synthimg"]),
                              (two, [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                     "-m", "synthimg"])):

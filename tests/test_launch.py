@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -67,19 +66,11 @@ def torchrun(argv: list[str], timeout: int = 600) -> None:
 
 @pytest.mark.slow
 def test_curate_score_under_srun_variables_matches_torchrun(tmp_path):
-    import torch
-
     from synthimg.data.manifest import read_manifest
-    from synthimg.models.clip import create_clip
-    from tests.conftest import write_dataset
+    from tests.conftest import scoring_copies
 
-    ckpt = tmp_path / "tiny.pt"
-    torch.save({"state_dict": create_clip("synthimg-tiny-vit").model.state_dict()}, ckpt)
-    a, b = tmp_path / "torchrun", tmp_path / "srun"
-    write_dataset(a, n=40, maxcount=10)
-    shutil.copytree(a, b)
-    args = ["--quiet", "curate", "score", "--task", "cifar10", "--model", "synthimg-tiny-vit", "--pretrained", str(ckpt),
-            "--workers", "0"]
+    args, (a, b) = scoring_copies(tmp_path, ("torchrun", "srun"))
+    args += ["--workers", "0"]
     torchrun([*args, "--shards", str(a)])
     srun_like([*args, "--shards", str(b)])
     x = read_manifest(a).set_index("key")["clip_score"].sort_index()
