@@ -411,3 +411,30 @@ def test_a_corrupt_parquet_input_is_one_line_naming_it(tmp_path, capsys, content
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(err) == 1, err
         assert "bad.parquet is not a readable parquet file" in err[0] and "internal error" not in err[0]
+
+
+def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
+    """scan (numpy tokens + Arrow lookup, Matcher on the rest) == scan_python, row for row and in order."""
+    import random
+
+    from synthimg.retrieval.substring import scan, scan_python
+
+    rng = random.Random(0)
+    tricky = ["Great White Shark!!", "great  white shark", "GREAT-WHITE-SHARK", "jack-o'-lantern pic", "café goldfish",
+              "Goldfish,goldfish", None, "", "tabby cat and a tiger cat", "İstanbul goldfish", "conv. ram 2012 bmw",
+              "snoopy (cartoon beagle) yes", "a rose flower", "banded pattern", "ｇｏｌｄｆｉｓｈ", "goldfish\u00a0bowl",
+              "ram", "red fox red wolf", "a-b goldfish-", "programmer", "whooping crane crane"]
+    for name in ("imagenet", "dtd", "flowers102", "stanford_cars", "caltech101"):
+        task = get_task(name)
+        caps = list(tricky)
+        for _ in range(600):
+            w = rng.choice(task.classnames).lower().replace(" ", rng.choice([" ", "-", "  ", "_", ","]))
+            w = w.upper() if rng.random() < 0.3 else w
+            caps.append(rng.choice(["", "the ", "x", "a photo of "]) + w
+                        + rng.choice(["", " pic", "s", ".", "é", " texture", " Pattern", " flower", " and a goldfish"]))
+        rng.shuffle(caps)
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"url": [f"u{i}" for i in range(len(caps))], "caption": caps}).to_parquet(path, row_group_size=150)
+        fast, slow = list(scan(task, str(path), batch_rows=100)), list(scan_python(task, str(path), batch_rows=100))
+        assert len(slow) > 100, name
+        assert fast == slow, name
