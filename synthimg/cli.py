@@ -615,6 +615,8 @@ def index_build(
     out: Path = typer.Option(..., "--out", "-o", help="index folder"),
     shards: Optional[Path] = typer.Option(None, help="image collection: shard folder (ours or img2dataset's)"),
     captions: Optional[str] = typer.Option(None, help="caption index from a parquet (url, caption) or glob"),
+    embeddings: Optional[Path] = typer.Option(None, help=(
+        "released embeddings (img_emb/, text_emb/, metadata/, as LAION's): an IVF index with lists on disk")),
     model: Optional[str] = typer.Option(None, help="open_clip embedder (the paper: ViT-L-14)"),
     pretrained: Optional[str] = typer.Option(None, help="tag or checkpoint; 'none' for random weights"),
     factory: Optional[str] = typer.Option(None, help="faiss index factory, e.g. Flat or IVF4096,PQ64"),
@@ -625,7 +627,7 @@ def index_build(
     from synthimg.retrieval import index as index_stage
 
     cfg = _resolve(config, overrides, "index", {"model": model, "factory": factory, "pretrained": pretrained})
-    info = index_stage.run(cfg, out, shards, captions)
+    info = index_stage.run(cfg, out, shards, captions, embeddings)
     if "kinds" in info:
         typer.echo(f"index at {out}: " + ", ".join(f"{k} {v['count']} x {v['dim']}" for k, v in info["kinds"].items()))
 
@@ -793,6 +795,16 @@ def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any], co
                   f"{t['wall_hours_on_gpus']:,.1f} h on {study.estimates.gpus} GPU(s)")
     for kind, rate in cost["rates"].items():
         console.print(f"  rate {kind}: {rate['per_gpu_s']:,.2f} per GPU-second from {rate['from']}")
+    from synthimg.study.estimate import index_footprints
+
+    for f in index_footprints(study):
+        where = "lists on disk, memory-mapped" if f["ondisk"] else "all in RAM"
+        console.print(f"kNN index at LAION-2B scale ({f['n'] / 1e9:.2f}B x {f['dim']}, index.factory {f['factory']}, "
+                      f"{f['arms']}): disk {f['disk_bytes'] / 1e12:,.2f} TB, RAM {f['ram_bytes'] / 1e9:,.2f} GB "
+                      f"served ({where})", markup=False)
+        if not f["ondisk"]:
+            console.print("  a flat index keeps every vector in RAM: set index.factory to an IVF-PQ such as "
+                          "IVF16384_HNSW32,PQ64 and build it with `index build --embeddings`", markup=False)
 
 
 def _invoke(argv: list[str]) -> None:

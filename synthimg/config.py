@@ -87,6 +87,12 @@ class GenerateConfig(StageConfig):
     seed: int = 0
     dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="on GPU; CPU always runs fp32")
     compile: bool = Field(False, description="torch.compile the UNet; batches are padded to a fixed shape")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field("default", description=(
+        "torch.compile mode; reduce-overhead captures CUDA graphs"))
+    channels_last: bool = Field(True, description="on GPU: UNet and VAE in channels_last memory format")
+    fuse_qkv: bool = Field(True, description="on GPU: fused QKV projections where the pipeline offers them")
+    attention: Literal["sdpa", "eager"] = Field("sdpa", description=(
+        "sdpa: PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels), diffusers' default"))
     safety_checker: bool = Field(False, description="run the checker explicitly and drop (and count) flagged images")
     jpeg_quality: int = Field(95, ge=1, le=100)
     init_shards: str | None = Field(None, description="img2img (SDEdit): render from these real images")
@@ -128,6 +134,10 @@ class IndexConfig(StageConfig):
     batch_size: int = Field(256, gt=0)
     workers: int = Field(2, ge=0)
     nprobe: int = Field(64, gt=0)
+    train_samples: int = Field(262_144, gt=0, description=(
+        "--embeddings: vectors the IVF index is trained on (a seeded sample over all files; "
+        "faiss wants 39-256 per list)"))
+    chunk_rows: int = Field(250_000, gt=0, description="--embeddings: vectors added per resumable part")
 
 
 class DownloadConfig(StageConfig):
@@ -225,6 +235,7 @@ class TrainConfig(StageConfig):
     precision: Precision = Field("fp32", description="fp32 (the paper) or amp_bf16 (bf16 autocast on GPU)")
     tf32: bool = Field(True, description="with fp32 on GPU: TF32 matmuls and convolutions")
     compile: bool = False
+    fused_adamw: bool = Field(True, description="on GPU: torch's fused AdamW kernel (same update, one launch)")
     grad_checkpointing: bool = False
     seed: int = 0
     wise_alphas: list[float] = Field(default_factory=list)

@@ -20,6 +20,7 @@ import pandas as pd
 from synthimg.atomic import atomic_path
 from synthimg.config import Config, IndexConfig, save_resolved
 from synthimg.errors import SynthimgError
+from synthimg.retrieval.metadata_rows import ParquetRows
 from synthimg.stage import Stats
 
 KINDS = ("image", "text")
@@ -154,7 +155,7 @@ def build_index(out: Path, cfg: IndexConfig, embed_gpu_seconds: float = 0.0) -> 
 
 
 def run(cfg: Config, out: str | os.PathLike[str], shards: str | os.PathLike[str] | None = None,
-        captions: str | None = None) -> Stats:
+        captions: str | None = None, embeddings: str | os.PathLike[str] | None = None) -> Stats:
     """``index build`` under one process, torchrun or srun: every rank embeds its shards, rank 0
     embeds the captions, builds the faiss indexes and writes ``info.json`` and the config.
 
@@ -164,8 +165,16 @@ def run(cfg: Config, out: str | os.PathLike[str], shards: str | os.PathLike[str]
 
     from synthimg import dist
 
+    if embeddings is not None:
+        if shards is not None or captions is not None:
+            raise SynthimgError("--embeddings builds from released embeddings: give it alone, not with --shards/--captions")
+        from synthimg.retrieval.index_ondisk import build_from_embeddings
+
+        info = build_from_embeddings(embeddings, out, cfg.index)
+        save_resolved(cfg, out)
+        return info
     if shards is None and captions is None:
-        raise SynthimgError("give --shards (image index) and/or --captions (caption index)")
+        raise SynthimgError("give --shards (image index), --captions (caption index) or --embeddings (released)")
     out = Path(out)
     rank, world = dist.init()
     start = time.time()
@@ -183,11 +192,41 @@ def run(cfg: Config, out: str | os.PathLike[str], shards: str | os.PathLike[str]
     return info
 
 
+def open_index(path: Path) -> Any:
+    """A faiss index memory-mapped; one whose inverted lists live on disk (autofaiss's merged
+    indexes, ``index build --embeddings``) maps its ``.ivfdata``, looked up beside the index file."""
+    import faiss
+
+    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    try:
+        lists = faiss.extract_index_ivf(index).invlists
+    except (RuntimeError, TypeError):
+        return index
+    if isinstance(faiss.downcast_InvertedLists(lists), faiss.OnDiskInvertedLists):
+        # the lists map themselves; IO_FLAG_MMAP on top of them breaks search (faiss 1.15)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR)
+    return index
+
+
+def set_nprobe(index: Any, nprobe: int) -> None:
+    """``nprobe`` on an IVF index, also inside a pre-transform (OPQ) or refine wrapper; HNSW coarse
+    quantisers search at least as wide."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except (RuntimeError, TypeError):
+        return
+    ivf.nprobe = nprobe
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if hasattr(quantizer, "hnsw"):
+        quantizer.hnsw.efSearch = max(quantizer.hnsw.efSearch, 2 * nprobe)
+
+
 class LocalIndex:
     """Search a local index folder in process (ours, or a clip-retrieval index with our info.json or explicit model)."""
 
     def __init__(self, folder: str | Path, model: str | None = None, pretrained: str | None = None, nprobe: int = 64):
-        import faiss
 
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -202,14 +241,13 @@ class LocalIndex:
         for kind, meta_dir in (("image", "metadata"), ("text", "metadata_text")):
             path = self.folder / f"{kind}.index"
             if path.is_file():
-                index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-                if hasattr(index, "nprobe"):
-                    index.nprobe = nprobe
+                index = open_index(path)
+                set_nprobe(index, nprobe)
                 self.indexes[kind] = index
                 if kind == "text" and not (self.folder / meta_dir).is_dir():
                     meta_dir = "metadata"  # clip-retrieval's layout: both indexes are aligned with one metadata
                 files = sorted((self.folder / meta_dir).glob("*.parquet"))
-                self.metadata[kind] = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else None
+                self.metadata[kind] = ParquetRows(files) if files else None
         if not self.indexes:
             raise SynthimgError(f"no image.index or text.index in {folder}")
         self._bundle = None
@@ -252,9 +290,7 @@ class LocalIndex:
     def rows(self, kind: str, ids: list[int]) -> list[dict[str, Any]]:
         """The metadata rows (every column) of row ids of one index; ids past the end give empty rows."""
         meta = self.metadata.get(kind)
-        if meta is None:
-            return [{} for _ in ids]
-        return [meta.iloc[int(i)].to_dict() if 0 <= int(i) < len(meta) else {} for i in ids]
+        return [{} for _ in ids] if meta is None else meta.take(ids)
 
     def search(self, vectors: np.ndarray, k: int, kinds: tuple[str, ...] = KINDS) -> list[list[dict[str, Any]]]:
         """Per query vector, the top-``k`` of **each** requested index: the union, never merged by cosine.
@@ -272,17 +308,12 @@ class LocalIndex:
         out: list[list[dict[str, Any]]] = [[] for _ in range(len(vectors))]
         for kind in kinds:
             sims, ids = self.indexes[kind].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-            meta = self.metadata[kind]
-            has_nsfw = meta is not None and "NSFW" in meta.columns
             for q in range(len(vectors)):
-                rank = 0
-                for s, i in zip(sims[q], ids[q]):
-                    if i < 0:
-                        continue
-                    row = meta.iloc[int(i)] if meta is not None else {}
+                keep = ids[q] >= 0
+                rows = self.rows(kind, ids[q][keep].tolist())
+                for rank, (s, i, row) in enumerate(zip(sims[q][keep], ids[q][keep], rows)):
                     out[q].append({"id": f"{kind}:{int(i)}", "row": int(i), "upstream_id": str(int(i)), "similarity": float(s),
                                    "url": str(row.get("url", f"{kind}:{i}")), "caption": str(row.get("caption", "")),
-                                   "index": kind, "rank": rank, "NSFW": row.get("NSFW") if has_nsfw else None})
-                    rank += 1
+                                   "index": kind, "rank": rank, "NSFW": row.get("NSFW")})
         order = {kind: n for n, kind in enumerate(kinds)}
         return [sorted(hits, key=lambda h: (h["rank"], order[h["index"]])) for hits in out]

@@ -61,3 +61,38 @@ def estimate(steps: list[Step], todo: set[str], est: Estimates, root: Path) -> d
     totals["wall_hours_on_gpus"] = totals["gpu_hours"] / est.gpus
     return {"per_kind": per_kind, "totals": totals,
             "rates": {k: {"per_gpu_s": v[0], "from": v[1]} for k, v in rates.items()}}
+
+
+LAION_2B_EN = 2_320_000_000  # rows of LAION-2B-en, the generator's training set in the paper (Sec. 3.2)
+
+
+def embed_dim(model: str) -> int:
+    """The open_clip model's embedding width, from its config (no weights)."""
+    import open_clip
+
+    from synthimg.models.clip import register_tiny_configs
+
+    register_tiny_configs()
+    cfg = open_clip.get_model_config(model)
+    return int(cfg["embed_dim"]) if cfg else 768
+
+
+def index_footprints(study: Any, n: int = LAION_2B_EN) -> list[dict[str, Any]]:
+    """RAM and disk of each semantic-retrieval arm's index (its ``index.factory``) at LAION-2B scale."""
+    from synthimg.retrieval.index_ondisk import footprint
+
+    out, seen = [], set()
+    for name, arm in study.arms.items():
+        if arm.source != "retrieved":
+            continue
+        cfg = study.stage_config(name)
+        if cfg.retrieve.backend not in ("knn", "local"):
+            continue
+        key = (cfg.index.factory, cfg.index.model)
+        if key in seen:
+            continue
+        seen.add(key)
+        dim = embed_dim(cfg.index.model)
+        out.append({"arms": name, "factory": cfg.index.factory, "model": cfg.index.model, "dim": dim, "n": n,
+                    **footprint(cfg.index.factory, n, dim)})
+    return out

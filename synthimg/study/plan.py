@@ -247,8 +247,11 @@ class Planner:
                     argv += ["--shards", arm.index.shards]
                 if arm.index.captions:
                     argv += ["--captions", arm.index.captions]
-                idx = self._add("index", cfg, None, "index", argv, ["info.json"], [], distributed=True,
-                                extra={"shards": arm.index.shards, "captions": arm.index.captions})
+                if arm.index.embeddings:
+                    argv += ["--embeddings", arm.index.embeddings]
+                idx = self._add("index", cfg, None, "index", argv, ["info.json"], [], distributed=not arm.index.embeddings,
+                                extra={"shards": arm.index.shards, "captions": arm.index.captions,
+                                       "embeddings": arm.index.embeddings})
                 cfg.retrieve.index = str(self.out(idx))
                 deps = [idx]
             cands = self._add("retrieve", cfg, name, "candidates", ["retrieve", "--out", "{out}"],

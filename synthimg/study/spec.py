@@ -32,6 +32,9 @@ class IndexSpec(StageConfig):
 
     shards: str | None = Field(None, description="image collection to embed (shard folder)")
     captions: str | None = Field(None, description="caption metadata parquet (url, caption) for a caption index")
+    embeddings: str | None = Field(None, description=(
+        "released embeddings in clip-retrieval's layout (img_emb/, text_emb/, metadata/), as LAION's: an IVF index "
+        "with lists on disk is built from them (index.factory), nothing is embedded"))
     share_classes: int | None = Field(None, gt=0, description=(
         "classes (over every task) that this index serves; the report charges this task its share of the build. "
         "None: this task bears all of it"))
