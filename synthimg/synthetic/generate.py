@@ -162,13 +162,19 @@ class Engine:
             pipe = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
         pipe = pipe.to(device)
+        if cfg.attention == "eager":  # the ablation's baseline: attention as explicit matmuls
+            from diffusers.models.attention_processor import AttnProcessor
+
+            pipe.unet.set_attn_processor(AttnProcessor())
+            pipe.vae.set_attn_processor(AttnProcessor())
         if device.startswith("cuda"):
-            pipe.unet.to(memory_format=torch.channels_last)
-            pipe.vae.to(memory_format=torch.channels_last)
-            if hasattr(pipe, "fuse_qkv_projections"):
+            if cfg.channels_last:
+                pipe.unet.to(memory_format=torch.channels_last)
+                pipe.vae.to(memory_format=torch.channels_last)
+            if cfg.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
                 pipe.fuse_qkv_projections()
         if cfg.compile:
-            pipe.unet = torch.compile(pipe.unet, fullgraph=False)
+            pipe.unet = torch.compile(pipe.unet, fullgraph=False, mode=cfg.compile_mode)
         self.pipe, self.img2img = pipe, img2img
         self.scale = getattr(pipe, "vae_scale_factor", 8)
 

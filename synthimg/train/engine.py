@@ -79,8 +79,10 @@ def _optimizer(learner: Learner, cfg: Any, total_steps: int) -> tuple[Any, Any]:
     from synthimg.models.schedule import paper_scheduler
 
     trainable = unwrap(learner.model)
+    on_gpu = next(trainable.parameters()).is_cuda
+    fused = {"fused": True} if cfg.fused_adamw and on_gpu else {}
     opt = create_optimizer_v2(trainable, opt="adamw", lr=cfg.lr, weight_decay=cfg.wd, betas=(cfg.beta1, cfg.beta2),
-                              eps=cfg.eps, filter_bias_and_bn=cfg.wd_exclude_norms)
+                              eps=cfg.eps, filter_bias_and_bn=cfg.wd_exclude_norms, **fused)
     return opt, paper_scheduler(opt, cfg.warmup, max(1, total_steps))
 
 
