@@ -172,6 +172,15 @@ def test_pretraining_runs_and_an_interrupted_unet_resumes_to_the_same_weights(sm
     assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "b" / "_unet_checkpoint.pt").exists()
 
+    # a new UNet recipe keeps the finished CLIP and VAE (the VAE is read back from the pipeline folder)
+    from dataclasses import replace
+
+    lines = []
+    pretrain(small_world, tmp_path / "a", replace(Recipe.quick(), unet_steps=3, unet_text_time=True), echo=lines.append)
+    assert "clip: done, kept" in lines and "vae: done, taken from the pipeline folder" in lines
+    assert not any(line.startswith("vae step") for line in lines)
+    assert "add_embedding.pool.q_proj.weight" in _unet_tensors(tmp_path / "a")  # the pooled caption path
+
     # the fidelity contract on these weights: the three keys, as many real images as generated, same classes
     from synthimg.tasks import get_task
     from synthimg.toyworld.fidelity import fidelity, real_images

@@ -69,6 +69,7 @@ class Recipe:
     unet_lr: float = 5e-4
     unet_warmup: int = 200
     unet_channels: tuple[int, ...] = (48, 96)
+    unet_text_time: bool = False  # also add the attention-pooled caption to the timestep embedding (FiLM)
     caption_dropout: float = 0.15
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
@@ -83,6 +84,8 @@ class Recipe:
     def stage_hash(self, stage: str) -> str:
         keys = {"clip": ["clip_", "seed"], "vae": ["vae_", "seed"], "unet": ["unet_", "caption", "ema", "seed"]}[stage]
         chosen = {k: v for k, v in asdict(self).items() if any(k.startswith(p) for p in keys)}
+        if not chosen.get("unet_text_time", True):
+            del chosen["unet_text_time"]  # off, the recipe is the shipped one and keeps its hash
         if stage == "unet":  # the UNet is trained on the other two stages' outputs
             chosen["upstream"] = [self.stage_hash("clip"), self.stage_hash("vae")]
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
@@ -223,7 +226,12 @@ def _unet(recipe: Recipe, latent_channels: int, text_width: int) -> Any:
                                 layers_per_block=1, block_out_channels=tuple(recipe.unet_channels),
                                 down_block_types=("CrossAttnDownBlock2D",) * n,
                                 up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=text_width,
-                                attention_head_dim=16, norm_num_groups=16)
+                                attention_head_dim=16, norm_num_groups=16,
+                                # a second, global path for the caption: pooled and added to the timestep
+                                # embedding, it reaches every ResNet block as a scale and shift (FiLM)
+                                addition_embed_type="text" if recipe.unet_text_time else None,
+                                addition_embed_type_num_heads=4,
+                                resnet_time_scale_shift="scale_shift" if recipe.unet_text_time else "default")
 
 
 def scheduler() -> Any:
@@ -375,7 +383,13 @@ def pretrain(world: Path, out: Path = WEIGHTS, recipe: Recipe | None = None, ech
                                      recipe.seed, echo))
     else:
         echo("clip: done, kept")
-    if not done("vae", out / VAE_FOLDER) and not done("unet", out / SD_FOLDER):
+    shipped_vae = out / SD_FOLDER / "vae"
+    if not (out / VAE_FOLDER).exists() and stats.get("vae", {}).get("hash") == recipe.stage_hash("vae") \
+            and (shipped_vae / "config.json").is_file() and not done("unet", out / SD_FOLDER / "model_index.json"):
+        # the finished VAE lives on in the pipeline folder (as fp16: a new UNet trains on its rounded weights)
+        shutil.copytree(shipped_vae, out / VAE_FOLDER)
+        echo("vae: done, taken from the pipeline folder")
+    elif not done("vae", out / VAE_FOLDER) and not done("unet", out / SD_FOLDER / "model_index.json"):
         record("vae", pretrain_vae(world, out / VAE_FOLDER, recipe, echo))
     else:
         echo("vae: done, kept")
