@@ -799,9 +799,10 @@ def _print_plan(study: Any, rows: list[dict[str, Any]], cost: dict[str, Any], co
 
     for f in index_footprints(study):
         where = "lists on disk, memory-mapped" if f["ondisk"] else "all in RAM"
-        console.print(f"kNN index at LAION-2B scale ({f['n'] / 1e9:.2f}B x {f['dim']}, index.factory {f['factory']}, "
-                      f"{f['arms']}): disk {f['disk_bytes'] / 1e12:,.2f} TB, RAM {f['ram_bytes'] / 1e9:,.2f} GB "
-                      f"served ({where})", markup=False)
+        console.print(f"kNN index at LAION-2B scale ({f['indexes']} x {f['n'] / 1e9:.2f}B x {f['dim']}, index.factory "
+                      f"{f['factory']}, {f['arms']}): disk {f['disk_bytes'] / 1e12:,.2f} TB, RAM {f['ram_bytes'] / 1e9:,.2f}"
+                      f" GB served ({where}); building: {f['parts']:,} parts, up to "
+                      f"{f['build_temp_bytes'] / 1e12:,.2f} TB of temporary disk per index", markup=False)
         if not f["ondisk"]:
             console.print("  a flat index keeps every vector in RAM: set index.factory to an IVF-PQ such as "
                           "IVF16384_HNSW32,PQ64 and build it with `index build --embeddings`", markup=False)

@@ -137,7 +137,9 @@ class IndexConfig(StageConfig):
     train_samples: int = Field(262_144, gt=0, description=(
         "--embeddings: vectors the IVF index is trained on (a seeded sample over all files; "
         "faiss wants 39-256 per list)"))
-    chunk_rows: int = Field(250_000, gt=0, description="--embeddings: vectors added per resumable part")
+    chunk_rows: int = Field(1_000_000, gt=0, description=(
+        "--embeddings: vectors added per resumable part (RAM: chunk_rows x dim x 4 bytes; each part file also "
+        "holds a copy of the quantiser until the merge)"))
 
 
 class DownloadConfig(StageConfig):

@@ -39,7 +39,7 @@ def released(root, sizes=SIZES, seed=0):
 
 
 def cfg(**kw):
-    return IndexConfig(model="synthimg-toy-clip", pretrained=None, factory="IVF8,Flat", train_samples=400,
+    return IndexConfig(model="my-16d-embedder", pretrained=None, factory="IVF8,Flat", train_samples=400,
                        chunk_rows=400, nprobe=8, **kw)
 
 
@@ -73,8 +73,11 @@ def test_an_interrupted_build_resumes_to_the_same_index(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build_from_embeddings(tmp_path / "emb", tmp_path / "b", cfg(), echo=lambda *_: None)
     assert sorted(p.name for p in (tmp_path / "b" / "_build" / "image").iterdir()) == [
-        "part-00000.index", "part-00001.index", "trained.index"]
+        "image_plan.json", "part-00000.index", "part-00001.index", "trained.index"]
     monkeypatch.undo()
+    with pytest.raises(SynthimgError, match="chunk_rows changed"):  # a resume must not mix two plans
+        build_from_embeddings(tmp_path / "emb", tmp_path / "b", cfg().model_copy(update={"chunk_rows": 300}),
+                              echo=lambda *_: None)
     lines = []
     build_from_embeddings(tmp_path / "emb", tmp_path / "b", cfg(), echo=lines.append)
     assert not any("training" in line and "image" in line for line in lines)  # the trained index was kept
@@ -91,6 +94,12 @@ def test_rough_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(SynthimgError, match="needs an IVF factory"):
         build_from_embeddings(tmp_path / "emb", tmp_path / "idx", cfg().model_copy(update={"factory": "Flat"}),
                               echo=lambda *_: None)
+    with pytest.raises(SynthimgError, match="embeds 768-d"):  # 16-d vectors named as ViT-L-14's
+        build_from_embeddings(tmp_path / "emb", tmp_path / "idx", cfg().model_copy(update={"model": "ViT-L-14"}),
+                              echo=lambda *_: None)
+    with pytest.raises(SynthimgError, match="only 1,500 training vectors"):
+        build_from_embeddings(tmp_path / "emb", tmp_path / "idx3", cfg().model_copy(
+            update={"factory": "IVF4096,Flat", "train_samples": 5000}), echo=lambda *_: None)
     pd.DataFrame({"url": ["u"], "caption": ["c"]}).to_parquet(tmp_path / "emb" / "metadata" / "metadata_3.parquet")
     with pytest.raises(SynthimgError, match="do not match"):
         build_from_embeddings(tmp_path / "emb", tmp_path / "idx2", cfg(), echo=lambda *_: None)

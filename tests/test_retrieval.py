@@ -438,3 +438,18 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
         fast, slow = list(scan(task, str(path), batch_rows=100)), list(scan_python(task, str(path), batch_rows=100))
         assert len(slow) > 100, name
         assert fast == slow, name
+    # id columns (nulls and floats as str() writes them), a category column, and a null slot holding bytes
+    import pyarrow as pa
+
+    from synthimg.retrieval.substring import Matcher, Prefilter
+
+    task = get_task("imagenet")
+    caps = ["a goldfish", None, "goldfish bowl", "tench and goldfish"]
+    pd.DataFrame({"url": list("abcd"), "caption": pd.Categorical(caps), "key": [1.0, None, 3.5, 4.0]}).to_parquet(
+        tmp_path / "ids.parquet")
+    fast, slow = list(scan(task, str(tmp_path / "ids.parquet"))), list(scan_python(task, str(tmp_path / "ids.parquet")))
+    assert fast == slow and [r["upstream_id"] for r in fast][:1] == ["1.0"]
+    data = pa.array(["goldfish"])  # the bytes of a null slot
+    hidden = pa.StringArray.from_buffers(1, data.buffers()[1], data.buffers()[2], pa.py_buffer(b"\x00"), 1)
+    rows, _, _, slow_rows = Prefilter(Matcher(task)).run(hidden)
+    assert len(rows) == 0 and slow_rows == []

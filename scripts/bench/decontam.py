@@ -48,7 +48,14 @@ def planted() -> None:
                       "ratio": round(best["recall"] / before["recall"], 3), "unit": "recall",
                       "false_positive_rate": best["false_positive_rate"],
                       "plain_false_positive_rate": summary["plain objects on white"][
-                          "pHash 256, 81 crop variants, confirmed (default)"]["false_positive_rate"], "device": "cpu"}))
+                          "pHash 256, 81 crop variants, confirmed (default)"]["false_positive_rate"], "device": _device()}))
+
+
+def _device() -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import device
+
+    return device()
 
 
 def plain_object(seed: int, size: int = 96):
@@ -120,8 +127,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=20000)
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import device, summary
+
     if args.planted:
-        planted()
+        planted()  # ends in its own JSON line
         return
     import faiss
 
@@ -156,6 +166,7 @@ def main() -> None:
         x = np.bitwise_xor(q64[start:start + 512, None], base64[None, :])
         np.bitwise_count(x).min(axis=1)
     numpy_s = time.perf_counter() - t
+    hash_faiss_qps, hash_numpy_qps = args.queries / faiss_s, args.queries / numpy_s
     print(f"hash search {args.queries} x {args.eval}: faiss {args.queries / faiss_s:,.0f} q/s | numpy "
           f"{args.queries / numpy_s:,.0f} q/s | ratio {numpy_s / faiss_s:.1f}x")
 
@@ -175,6 +186,9 @@ def main() -> None:
     numpy_s = time.perf_counter() - t
     print(f"512-d cosine search {args.queries} x {args.eval}: faiss {args.queries / faiss_s:,.0f} q/s | numpy "
           f"{args.queries / numpy_s:,.0f} q/s | ratio {numpy_s / faiss_s:.1f}x")
+    summary("decontam", hash_faiss_qps, hash_numpy_qps, "hash queries/s", device(),
+            candidates_per_sec=round(stats["candidates_per_sec"], 1), cosine_faiss_qps=round(args.queries / faiss_s, 1),
+            cosine_numpy_qps=round(args.queries / numpy_s, 1))
 
 
 if __name__ == "__main__":

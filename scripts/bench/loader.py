@@ -123,13 +123,18 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=200)
     parser.add_argument("--batch", type=int, default=512)
     args = parser.parse_args()
+    import sys
+
     import torch
     import webdataset as wds
 
     from synthimg.data.loader import shard_loader
     from synthimg.train.data import expected_distinct
 
-    summary: dict = {"bench": "loader", "unit": "samples/s", "device": "cpu", "runs": []}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import device
+
+    summary: dict = {"bench": "loader", "unit": "samples/s", "device": device(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         urls = write(Path(tmp) / "plain", args.samples, args.size)
         print(f"part 1: {args.samples} JPEGs of {args.size}px in {len(urls)} shards")

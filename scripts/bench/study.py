@@ -17,6 +17,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthimg.cli import _invoke  # noqa: E402
 from synthimg.study.run import run_study  # noqa: E402
 from synthimg.study.spec import load_study  # noqa: E402
@@ -51,6 +52,11 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, ran, sec in rows:
         print(f"| {name} | {ran} | {sec:.1f} | {base / sec:.2f}x |")
+    from _common import device, summary
+
+    summary("study", rows[0][1] / rows[0][2], rows[1][1] / base, "steps/s", device(),
+            seconds_in_process=round(rows[0][2], 2), seconds_subprocess=round(base, 2),
+            rerun_all_done_s=round(rows[2][2], 2), steps=rows[0][1])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,17 @@ def parquet_file(path: str | os.PathLike[str]) -> Any:
         raise _unreadable(path, err) from None
 
 
+def parquet_metadata(path: str | os.PathLike[str]) -> Any:
+    """The footer (``pyarrow.parquet.FileMetaData``) of ``path``, read and closed, or a one-line error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path)
+    except (pa.ArrowException, OSError) as err:
+        raise _unreadable(path, err) from None
+
+
 def iter_batches(path: str | os.PathLike[str], parquet: Any, **kwargs: Any) -> Any:
     """``parquet.iter_batches(**kwargs)``; a file that breaks part-way is a one-line error too."""
     import pyarrow as pa

@@ -247,7 +247,8 @@ class LocalIndex:
                 if kind == "text" and not (self.folder / meta_dir).is_dir():
                     meta_dir = "metadata"  # clip-retrieval's layout: both indexes are aligned with one metadata
                 files = sorted((self.folder / meta_dir).glob("*.parquet"))
-                self.metadata[kind] = ParquetRows(files) if files else None
+                shared = next((m for m in self.metadata.values() if m is not None and m.files == files), None)
+                self.metadata[kind] = shared or (ParquetRows(files) if files else None)  # one reader per folder
         if not self.indexes:
             raise SynthimgError(f"no image.index or text.index in {folder}")
         self._bundle = None
@@ -308,9 +309,10 @@ class LocalIndex:
         out: list[list[dict[str, Any]]] = [[] for _ in range(len(vectors))]
         for kind in kinds:
             sims, ids = self.indexes[kind].search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+            every = iter(self.rows(kind, ids[ids >= 0].tolist()))  # one metadata read for all queries
             for q in range(len(vectors)):
                 keep = ids[q] >= 0
-                rows = self.rows(kind, ids[q][keep].tolist())
+                rows = [next(every) for _ in range(int(keep.sum()))]
                 for rank, (s, i, row) in enumerate(zip(sims[q][keep], ids[q][keep], rows)):
                     out[q].append({"id": f"{kind}:{int(i)}", "row": int(i), "upstream_id": str(int(i)), "similarity": float(s),
                                    "url": str(row.get("url", f"{kind}:{i}")), "caption": str(row.get("caption", "")),

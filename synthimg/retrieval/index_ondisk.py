@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from synthimg.atomic import atomic_path
+from synthimg.atomic import atomic_path, atomic_write
 from synthimg.config import IndexConfig
 from synthimg.errors import SynthimgError
 from synthimg.pause import pause_point
@@ -71,28 +71,42 @@ def _shapes(files: list[Path]) -> list[tuple[int, int]]:
 
 
 def _rows(files: list[Path], starts: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Float32, L2-normalised rows ``ids`` (sorted, global) read through memory maps."""
+    """Float32, L2-normalised rows ``ids`` (sorted, global) read through memory maps.
+
+    A contiguous range (a chunk) is sliced from the one or two files it spans; a scattered
+    sample is gathered file by file.
+    """
     import faiss
 
     out = []
-    for f, path in enumerate(files):
-        sel = ids[(ids >= starts[f]) & (ids < starts[f + 1])] - starts[f]
-        if len(sel):
-            out.append(np.asarray(np.load(path, mmap_mode="r")[sel], dtype=np.float32))
+    lo, hi = np.searchsorted(starts, [ids[0], ids[-1]], side="right") - 1
+    contiguous = ids[-1] - ids[0] + 1 == len(ids)
+    for f in range(int(lo), int(hi) + 1):
+        mm = np.load(files[f], mmap_mode="r")
+        if contiguous:
+            a, b = max(ids[0], starts[f]) - starts[f], min(ids[-1] + 1, starts[f + 1]) - starts[f]
+            out.append(np.asarray(mm[a:b], dtype=np.float32))
+        else:
+            sel = ids[(ids >= starts[f]) & (ids < starts[f + 1])] - starts[f]
+            if len(sel):
+                out.append(np.asarray(mm[sel], dtype=np.float32))
     x = np.ascontiguousarray(np.concatenate(out))
     faiss.normalize_L2(x)
     return x
 
 
 def _ivf(factory: str, dim: int) -> Any:
+    """An empty IVF index (optionally behind a pre-transform such as OPQ): what merge_ondisk can fill."""
     import faiss
 
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     try:
-        faiss.extract_index_ivf(index)
-    except (RuntimeError, TypeError):
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise SynthimgError(f"faiss cannot build {factory!r}: {str(err).strip().splitlines()[-1]}") from None
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if not isinstance(inner, faiss.IndexIVF) or isinstance(inner, faiss.IndexIVFPQR):
         raise SynthimgError(f"index build --embeddings needs an IVF factory with lists on disk "
-                            f"(e.g. IVF16384,PQ64 or OPQ64_768,IVF16384_HNSW32,PQ64), not {factory!r}") from None
+                            f"(e.g. IVF16384,PQ64 or OPQ64_768,IVF16384_HNSW32,PQ64), not {factory!r}")
     return index
 
 
@@ -108,13 +122,27 @@ def build_kind(kind: str, files: list[Path], out: Path, cfg: IndexConfig, echo: 
     starts = np.cumsum([0] + [n for n, _ in shapes]).astype(np.int64)
     total = int(starts[-1])
     final = out / f"{kind}.index"
-    if final.is_file():
-        return {"count": total, "dim": dim, "resumed": "done"}
     work = out / "_build" / kind
+    plan = {"factory": cfg.factory, "train_samples": cfg.train_samples, "chunk_rows": cfg.chunk_rows,
+            "files": [str(Path(f).resolve()) for f in files], "rows": [n for n, _ in shapes], "dim": dim}
+    plan_path = (work if not final.is_file() else out) / f"{kind}_plan.json"
+    if final.is_file():
+        _same_plan(out / f"{kind}_plan.json", plan, out)
+        shutil.rmtree(work, ignore_errors=True)  # a build killed after its index was written
+        return {"count": total, "dim": dim, "resumed": "done"}
     work.mkdir(parents=True, exist_ok=True)
+    _same_plan(plan_path, plan, out)
+    atomic_write(plan_path, json.dumps(plan))
     trained = work / "trained.index"
     if not trained.is_file():
         index = _ivf(cfg.factory, dim)
+        nlist = faiss.extract_index_ivf(index).nlist
+        if min(total, cfg.train_samples) < nlist:
+            raise SynthimgError(f"{cfg.factory} has {nlist:,} lists but only {min(total, cfg.train_samples):,} "
+                                f"training vectors: raise index.train_samples (>= 39 per list) or use fewer lists")
+        if min(total, cfg.train_samples) < 39 * nlist:
+            echo(f"{kind}: warning: {min(total, cfg.train_samples):,} training vectors for {nlist:,} lists "
+                 f"(faiss wants >= 39 per list)")
         sample = np.sort(np.random.default_rng(0).choice(total, min(total, cfg.train_samples), replace=False))
         echo(f"{kind}: training {cfg.factory} on {len(sample):,} of {total:,} vectors")
         index.train(_rows(files, starts, sample))
@@ -140,10 +168,22 @@ def build_kind(kind: str, files: list[Path], out: Path, cfg: IndexConfig, echo: 
     data = out / f"{kind}.ivfdata"
     data.unlink(missing_ok=True)  # a merge cut short leaves a partial file
     merge_ondisk(index, [str(p) for p in parts], str(data))
+    os.replace(plan_path, out / f"{kind}_plan.json")  # the finished index's plan, checked by every rerun
     with atomic_path(final) as tmp:
         faiss.write_index(index, str(tmp))
-    shutil.rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     return {"count": total, "dim": dim, "parts": len(parts)}
+
+
+def _same_plan(path: Path, plan: dict[str, Any], out: Path) -> None:
+    """A rerun must build what the first run started: same factory, sample, chunks and files."""
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text())
+    changed = [k for k in plan if before.get(k) != plan[k]]
+    if changed:
+        raise SynthimgError(f"{out} was started with other settings ({', '.join(changed)} changed): "
+                            f"build into a new --out, or delete it to start over")
 
 
 def link_metadata(meta: list[Path], out: Path, counts: list[int]) -> None:
@@ -168,6 +208,8 @@ def build_from_embeddings(emb: str | os.PathLike[str], out: str | os.PathLike[st
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kinds, meta = released_files(Path(emb))
+    if not meta:
+        raise SynthimgError(f"no metadata/*.parquet under {emb}: the index would serve rows without urls")
     info: dict[str, Any] = {"model": cfg.model, "pretrained": cfg.pretrained, "factory": cfg.factory,
                             "source": str(Path(emb).resolve()), "ondisk": True, "kinds": {}}
     counts = None
@@ -177,15 +219,31 @@ def build_from_embeddings(emb: str | os.PathLike[str], out: str | os.PathLike[st
         if [n for n, _ in shapes] != counts:
             raise SynthimgError(f"{FOLDERS[kind]} files do not align row for row with the other embeddings")
     link_metadata(meta, out, counts or [])
+    width = _shapes(next(iter(kinds.values())))[0][1]
+    expected = _model_width(cfg.model)
+    if expected is not None and expected != width:
+        raise SynthimgError(f"the embeddings are {width}-d but index.model {cfg.model} embeds {expected}-d: "
+                            f"name the model that made them (--model/--pretrained), queries are embedded with it")
     for kind, files in kinds.items():
         info["kinds"][kind] = build_kind(kind, files, out, cfg, echo)
     if (out / "_build").is_dir() and not any((out / "_build").iterdir()):
         (out / "_build").rmdir()
-    (out / "info.json").write_text(json.dumps(info, indent=1))
     stats = {"count": max(k["count"] for k in info["kinds"].values()), "kinds": info["kinds"], "factory": cfg.factory,
              "build_seconds": round(time.time() - start, 3), "gpu_seconds": 0.0}
-    (out / "index_stats.json").write_text(json.dumps(stats, indent=1))
+    atomic_write(out / "index_stats.json", json.dumps(stats, indent=1))
+    atomic_write(out / "info.json", json.dumps(info, indent=1))  # last: the study's marker that the step is done
     return info
+
+
+def _model_width(model: str) -> int | None:
+    """The open_clip model's embedding width from its config, or None when it has none (hf-hub, ...)."""
+    import open_clip
+
+    from synthimg.models.clip import register_tiny_configs
+
+    register_tiny_configs()
+    cfg = open_clip.get_model_config(model)
+    return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else None
 
 
 def footprint(factory: str, n: int, dim: int) -> dict[str, float]:
@@ -204,5 +262,6 @@ def footprint(factory: str, n: int, dim: int) -> dict[str, float]:
         m = int(re.search(r"HNSW(\d+)", factory).group(1)) if re.search(r"HNSW(\d+)", factory) else 32
         quantiser += ivf.nlist * m * 2 * 4.0  # links, layer 0 holds 2M neighbours
     transforms = dim * dim * 4.0 if "OPQ" in factory or "PCA" in factory else 0.0
-    return {"disk_bytes": float(n) * (ivf.code_size + 8), "ram_bytes": quantiser + transforms + float(1 << 20),
-            "ondisk": True, "nlist": int(ivf.nlist), "code_size": int(ivf.code_size)}
+    refine = float(n) * 4 * dim if "RFlat" in factory or "Refine" in factory else 0.0  # kept in RAM
+    return {"disk_bytes": float(n) * (ivf.code_size + 8), "ram_bytes": quantiser + transforms + refine + float(1 << 20),
+            "ondisk": True, "nlist": int(ivf.nlist), "code_size": int(ivf.code_size), "quantiser_bytes": quantiser}

@@ -123,6 +123,7 @@ class Prefilter:
         self.matcher = matcher
         texts = list(matcher.automaton.keys())
         self.exact = matcher.mode == "any" and not matcher.require  # are the matches settled here?
+        # a pattern must start with an ASCII letter or digit for its first token to find it
         self.usable = all(t.isascii() and t[:1].isalnum() for t in texts)
         split = []
         for text in texts:
@@ -130,7 +131,8 @@ class Prefilter:
             odd = not text[-1:].isalnum()
             if odd:  # ends in a separator: its tokens make the row a candidate, Matcher decides
                 pieces = pieces[:-1]
-            split.append((pieces, text, [c for c, _ in matcher.automaton.get(text)[1]], odd))
+            if pieces:  # one with no letter or digit has made the task unusable here (Matcher scans it)
+                split.append((pieces, text, [c for c, _ in matcher.automaton.get(text)[1]], odd))
         # the pieces that start a pattern get the lowest ids, so one comparison finds the candidates
         vocab: dict[str, int] = {}
         for pieces, *_ in split:
@@ -167,8 +169,12 @@ class Prefilter:
         import pyarrow.compute as pc
 
         col = captions.combine_chunks() if isinstance(captions, pa.ChunkedArray) else captions
+        if pa.types.is_dictionary(col.type):  # a pandas category column, read back
+            col = col.dictionary_decode()
         if pa.types.is_large_string(col.type):
             col = col.cast(pa.string())
+        if not pa.types.is_string(col.type):
+            raise SynthimgError(f"captions must be strings, not {col.type}")
         rows = len(col)
         empty = np.zeros(0, np.int64)
         present = pc.fill_null(pc.greater(pc.binary_length(col), 0), False).to_numpy(zero_copy_only=False)
@@ -220,9 +226,10 @@ class Prefilter:
         pos, which, match_row = np.concatenate(matched_pos), np.concatenate(matched_q), np.concatenate(matched_row)
         if not self.exact:
             python_rows[match_row] = True
-            return empty, empty, empty, np.flatnonzero(python_rows).tolist()
+            return empty, empty, empty, np.flatnonzero(python_rows & present).tolist()
         python_rows[match_row[self.odd[which]]] = True
-        keep = ~python_rows[match_row]
+        python_rows &= present  # a null slot may hold bytes: it never matches, as in Matcher's scan
+        keep = present[match_row] & ~python_rows[match_row]
         pos, which, match_row = pos[keep], which[keep], match_row[keep]
         # Matcher's order: by end piece, the longest pattern first; then every owner class, once per row
         order = np.lexsort((-self.n_chars[which], pos + self.seq_len[which]))
@@ -280,8 +287,8 @@ def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
                 classes = [classes[i] for i in order]
                 q_text = [q_text[i] for i in order]
             take = pa.array(rows, pa.int64())
-            if id_col:
-                ids = batch.column(id_col).take(take).cast(pa.string())
+            if id_col:  # str() of each value, exactly as scan_python writes it
+                ids = pa.array([str(v) for v in batch.column(id_col).take(take).to_pylist()], pa.string())
             else:
                 position = pc.cast(pc.add(take, done), pa.string())  # the row's place in its file
                 ids = pc.binary_join_element_wise(f"{Path(f).name}:", position, "")

@@ -74,7 +74,7 @@ def embed_dim(model: str) -> int:
 
     register_tiny_configs()
     cfg = open_clip.get_model_config(model)
-    return int(cfg["embed_dim"]) if cfg else 768
+    return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else 768  # unknown (hf-hub:...): ViT-L/14's
 
 
 def index_footprints(study: Any, n: int = LAION_2B_EN) -> list[dict[str, Any]]:
@@ -93,6 +93,11 @@ def index_footprints(study: Any, n: int = LAION_2B_EN) -> list[dict[str, Any]]:
             continue
         seen.add(key)
         dim = embed_dim(cfg.index.model)
+        kinds = len(cfg.retrieve.indexes)  # the image and the caption index are two indexes of n vectors
+        one = footprint(cfg.index.factory, n, dim)
+        parts = -(-n // cfg.index.chunk_rows)
+        temp = one["disk_bytes"] + parts * one.get("quantiser_bytes", 0.0) if one["ondisk"] else 0.0
         out.append({"arms": name, "factory": cfg.index.factory, "model": cfg.index.model, "dim": dim, "n": n,
-                    **footprint(cfg.index.factory, n, dim)})
+                    "indexes": kinds, "ondisk": one["ondisk"], "disk_bytes": kinds * one["disk_bytes"],
+                    "ram_bytes": kinds * one["ram_bytes"], "build_temp_bytes": temp, "parts": parts})
     return out

@@ -55,7 +55,12 @@ SECTIONS: dict[str, list[str]] = {
 # Paths and bookkeeping that do not change what a step computes.
 UNHASHED = {"train.logs", "train.name", "train.resume", "train.data", "train.keys", "train.workers", "eval.workers",
             "curate.workers", "index.workers", "download.processes", "download.threads", "download.keep_rounds",
-            "train.report_to"}
+            "train.report_to",
+            # speed levers that leave the output as it was (the pixel guard of the generate bench checks it)
+            "generate.channels_last", "generate.fuse_qkv", "generate.attention", "generate.compile_mode",
+            "train.fused_adamw", "index.chunk_rows",
+            # read only by `index build --embeddings`, whose step carries it in its extra
+            "index.train_samples"}
 
 
 @dataclass
@@ -247,11 +252,12 @@ class Planner:
                     argv += ["--shards", arm.index.shards]
                 if arm.index.captions:
                     argv += ["--captions", arm.index.captions]
-                if arm.index.embeddings:
+                extra: dict[str, Any] = {"shards": arm.index.shards, "captions": arm.index.captions}
+                if arm.index.embeddings:  # a CPU faiss build from released embeddings: no GPU, no ranks
                     argv += ["--embeddings", arm.index.embeddings]
-                idx = self._add("index", cfg, None, "index", argv, ["info.json"], [], distributed=not arm.index.embeddings,
-                                extra={"shards": arm.index.shards, "captions": arm.index.captions,
-                                       "embeddings": arm.index.embeddings})
+                    extra.update(embeddings=arm.index.embeddings, train_samples=cfg.index.train_samples)
+                idx = self._add("index", cfg, None, "index", argv, ["info.json"], [],
+                                distributed=not arm.index.embeddings, gpu=not arm.index.embeddings, extra=extra)
                 cfg.retrieve.index = str(self.out(idx))
                 deps = [idx]
             cands = self._add("retrieve", cfg, name, "candidates", ["retrieve", "--out", "{out}"],

@@ -35,6 +35,12 @@ class IndexSpec(StageConfig):
     embeddings: str | None = Field(None, description=(
         "released embeddings in clip-retrieval's layout (img_emb/, text_emb/, metadata/), as LAION's: an IVF index "
         "with lists on disk is built from them (index.factory), nothing is embedded"))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "IndexSpec":
+        if self.embeddings and (self.shards or self.captions):
+            raise ValueError("index: embeddings (released) builds the index alone; drop shards/captions")
+        return self
     share_classes: int | None = Field(None, gt=0, description=(
         "classes (over every task) that this index serves; the report charges this task its share of the build. "
         "None: this task bears all of it"))

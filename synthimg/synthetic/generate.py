@@ -171,7 +171,8 @@ class Engine:
             if cfg.channels_last:
                 pipe.unet.to(memory_format=torch.channels_last)
                 pipe.vae.to(memory_format=torch.channels_last)
-            if cfg.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+            # fusing installs diffusers' fused SDPA processor, which would undo attention: eager
+            if cfg.fuse_qkv and cfg.attention == "sdpa" and hasattr(pipe, "fuse_qkv_projections"):
                 pipe.fuse_qkv_projections()
         if cfg.compile:
             pipe.unet = torch.compile(pipe.unet, fullgraph=False, mode=cfg.compile_mode)
