@@ -17,7 +17,6 @@ Single process, so rows/s is per core. The last line is JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -41,19 +40,15 @@ def captions(n: int, classnames: list[str], seed: int = 0) -> list[str]:
     return out
 
 
-def device() -> str:
-    import os
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores (1 used)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--naive-rows", type=int, default=5_000)
     args = parser.parse_args()
     import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import device, summary
 
     from synthimg.retrieval.substring import naive_match, scan_python, scan_tables
     from synthimg.tasks import get_task
@@ -80,11 +75,8 @@ def main() -> None:
     print(f"  previous (one-pass Aho-Corasick on every caption):  {previous:,.0f} rows/s "
           f"-> {ours / previous:.1f}x, identical matches: {identical}")
     print(f"  naive per-class regex loop ({args.naive_rows:,} rows):      {naive:,.0f} rows/s -> {ours / naive:.0f}x")
-    print(json.dumps({"bench": "substring", "ours": round(ours), "baseline": round(previous),
-                      "ratio": round(ours / previous, 2), "unit": "captions/s", "device": device(),
-                      "ratio_vs_previous": round(ours / previous, 2), "ratio_vs_naive": round(ours / naive, 1),
-                      "identical_matches": identical, "rows": args.rows, "matches": len(ours_rows)}))
-
+    summary("substring", ours, previous, "captions/s", device() + " (1 used)", ratio_vs_previous=round(ours / previous, 2),
+            ratio_vs_naive=round(ours / naive, 1), identical_matches=identical, rows=args.rows, matches=len(ours_rows))
 
 if __name__ == "__main__":
     main()

@@ -110,14 +110,17 @@ def _ivf(factory: str, dim: int) -> Any:
     return index
 
 
-def build_kind(kind: str, files: list[Path], out: Path, cfg: IndexConfig, echo: Any = print) -> dict[str, Any]:
-    """Train, fill and merge one kind's index; every step is skipped when its output exists."""
+def build_kind(kind: str, files: list[Path], out: Path, cfg: IndexConfig, echo: Any = print,
+               shapes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """Train, fill and merge one kind's index; every step is skipped when its output exists.
+
+    ``shapes`` are the files' (rows, dim), when the caller has read them already."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
     from synthimg.progress import progress_bar
 
-    shapes = _shapes(files)
+    shapes = shapes or _shapes(files)
     dim = shapes[0][1]
     starts = np.cumsum([0] + [n for n, _ in shapes]).astype(np.int64)
     total = int(starts[-1])
@@ -212,20 +215,19 @@ def build_from_embeddings(emb: str | os.PathLike[str], out: str | os.PathLike[st
         raise SynthimgError(f"no metadata/*.parquet under {emb}: the index would serve rows without urls")
     info: dict[str, Any] = {"model": cfg.model, "pretrained": cfg.pretrained, "factory": cfg.factory,
                             "source": str(Path(emb).resolve()), "ondisk": True, "kinds": {}}
-    counts = None
-    for kind, files in kinds.items():
-        shapes = _shapes(files)
-        counts = counts or [n for n, _ in shapes]
-        if [n for n, _ in shapes] != counts:
+    shapes = {kind: _shapes(files) for kind, files in kinds.items()}  # the .npy headers, read once
+    counts = [n for n, _ in next(iter(shapes.values()))]
+    for kind, kind_shapes in shapes.items():
+        if [n for n, _ in kind_shapes] != counts:
             raise SynthimgError(f"{FOLDERS[kind]} files do not align row for row with the other embeddings")
-    link_metadata(meta, out, counts or [])
-    width = _shapes(next(iter(kinds.values())))[0][1]
-    expected = _model_width(cfg.model)
+    link_metadata(meta, out, counts)
+    width = next(iter(shapes.values()))[0][1]
+    expected = model_width(cfg.model)
     if expected is not None and expected != width:
         raise SynthimgError(f"the embeddings are {width}-d but index.model {cfg.model} embeds {expected}-d: "
                             f"name the model that made them (--model/--pretrained), queries are embedded with it")
     for kind, files in kinds.items():
-        info["kinds"][kind] = build_kind(kind, files, out, cfg, echo)
+        info["kinds"][kind] = build_kind(kind, files, out, cfg, echo, shapes[kind])
     if (out / "_build").is_dir() and not any((out / "_build").iterdir()):
         (out / "_build").rmdir()
     stats = {"count": max(k["count"] for k in info["kinds"].values()), "kinds": info["kinds"], "factory": cfg.factory,
@@ -235,7 +237,7 @@ def build_from_embeddings(emb: str | os.PathLike[str], out: str | os.PathLike[st
     return info
 
 
-def _model_width(model: str) -> int | None:
+def model_width(model: str) -> int | None:
     """The open_clip model's embedding width from its config, or None when it has none (hf-hub, ...)."""
     import open_clip
 

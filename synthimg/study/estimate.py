@@ -66,20 +66,9 @@ def estimate(steps: list[Step], todo: set[str], est: Estimates, root: Path) -> d
 LAION_2B_EN = 2_320_000_000  # rows of LAION-2B-en, the generator's training set in the paper (Sec. 3.2)
 
 
-def embed_dim(model: str) -> int:
-    """The open_clip model's embedding width, from its config (no weights)."""
-    import open_clip
-
-    from synthimg.models.clip import register_tiny_configs
-
-    register_tiny_configs()
-    cfg = open_clip.get_model_config(model)
-    return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else 768  # unknown (hf-hub:...): ViT-L/14's
-
-
 def index_footprints(study: Any, n: int = LAION_2B_EN) -> list[dict[str, Any]]:
     """RAM and disk of each semantic-retrieval arm's index (its ``index.factory``) at LAION-2B scale."""
-    from synthimg.retrieval.index_ondisk import footprint
+    from synthimg.retrieval.index_ondisk import footprint, model_width
 
     out, seen = [], set()
     for name, arm in study.arms.items():
@@ -92,7 +81,7 @@ def index_footprints(study: Any, n: int = LAION_2B_EN) -> list[dict[str, Any]]:
         if key in seen:
             continue
         seen.add(key)
-        dim = embed_dim(cfg.index.model)
+        dim = model_width(cfg.index.model) or 768  # no open_clip config (hf-hub:...): ViT-L/14's width
         kinds = len(cfg.retrieve.indexes)  # the image and the caption index are two indexes of n vectors
         one = footprint(cfg.index.factory, n, dim)
         parts = -(-n // cfg.index.chunk_rows)
