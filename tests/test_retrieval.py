@@ -453,3 +453,33 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
     hidden = pa.StringArray.from_buffers(1, data.buffers()[1], data.buffers()[2], pa.py_buffer(b"\x00"), 1)
     rows, _, _, slow_rows = Prefilter(Matcher(task)).run(hidden)
     assert len(rows) == 0 and slow_rows == []
+
+
+def test_download_fills_quotas_in_candidate_order_whatever_order_img2dataset_finishes(tmp_path, monkeypatch):
+    """img2dataset's threads finish in any order; with over-request the kept images must not depend on it."""
+    from synthimg.data.loader import shard_pipeline
+    from synthimg.retrieval import download as dl
+
+    files = tmp_path / "files"
+    files.mkdir()
+    rows = []
+    for c in range(10):
+        for j in range(6):
+            path = files / f"{c}_{j}.jpg"
+            path.write_bytes(_jpeg(c * 10 + j))
+            rows.append({"class_id": c, "url": path.as_uri(), "caption": f"c{c} {j}"})
+    pd.DataFrame(rows).to_parquet(tmp_path / "cands.parquet")
+    cfg = DownloadConfig(per_class=2, overrequest=3.0, processes=1, threads=2, timeout=3)
+    task = get_task("cifar10")
+    real = dl._round_results
+
+    def kept(order: str, out: str) -> list[str]:
+        shuffle = (lambda df: df.iloc[::-1]) if order == "reversed" else (lambda df: df)
+        monkeypatch.setattr(dl, "_round_results", lambda folder: shuffle(real(folder)).reset_index(drop=True))
+        stats = dl.download(tmp_path / "cands.parquet", task, cfg, tmp_path / out)
+        assert stats["kept"] == 20
+        return [r["text"] for r in shard_pipeline([str(p) for p in sorted((tmp_path / out).glob("*.tar"))])]
+
+    forward, backward = kept("as is", "a"), kept("reversed", "b")
+    assert forward == backward
+    assert forward == [r["caption"] for r in rows if int(r["caption"].split()[1]) < 2]  # each class's top 2

@@ -128,7 +128,9 @@ def download(candidates: str | Path, task: TaskSpec, cfg: DownloadConfig, out: s
         tried |= set(asked["cand_id"].astype(int))
         res = _round_results(folder).assign(round_dir=str(folder))
         results.append(res)
-        for row in res[res["status"] == "success"].itertuples():
+        # in candidate order, not img2dataset's (its threads finish in any order): with over-request,
+        # the best-ranked successes fill each quota, the same ones on every run
+        for row in res[res["status"] == "success"].sort_values("cand_id", kind="stable").itertuples():
             c = int(cands.at[int(row.cand_id), "class_id"])
             if len(ok[c]) < quota[c]:
                 ok[c].append(int(row.cand_id))
