@@ -271,6 +271,8 @@ class EvalConfig(StageConfig):
     lp_beta1: float = 0.9
     lp_beta2: float = 0.95
     precision: Precision = Field("fp32", description="fp32 (the official evaluation) or amp_bf16 on GPU")
+    memo_mb: int = Field(1024, ge=0, description="keep each eval split's preprocessed images in memory, up to this "
+                         "many MiB in all, so epochs and cells in one process decode it once (0: decode every time)")
 
 
 class Config(StageConfig):

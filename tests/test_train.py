@@ -266,3 +266,35 @@ def test_paper_configs_resolve_to_the_papers_optimiser(capsys):
         train = yaml.safe_load(capsys.readouterr().out)["train"]
         assert (train["eps"], train["wd"], train["wd_exclude_norms"], train["precision"]) == (1e-8, 0.1, False, "fp32")
         assert (train["beta1"], train["beta2"], train["grad_clip"], train["warmup"]) == (0.9, 0.95, 1.0, 500)
+
+
+def test_eval_memo_yields_the_same_batches_and_decodes_a_split_once():
+    """A split that fits the budget is decoded once; one that does not is streamed every time."""
+    import torch
+
+    from synthimg.evaluation.data import MemoSplit, clear_memo, eval_batches
+
+    class Counting(torch.utils.data.Dataset):
+        reads = 0
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            Counting.reads += 1
+            return torch.full((3, 4, 4), float(i)), i % 3
+
+    clear_memo()
+    plain = [(x.clone(), y.clone()) for x, y in eval_batches(Counting(), 4, 0)]
+    Counting.reads = 0
+    split = MemoSplit(Counting(), ("toy", "test"), budget_bytes=1 << 20)
+    for _ in range(3):
+        got = list(eval_batches(split, 4, 0))
+        assert len(got) == len(plain) and all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, plain))
+    assert Counting.reads == 10  # the first pass only
+    Counting.reads = 0
+    tight = MemoSplit(Counting(), ("toy", "other"), budget_bytes=100)  # 10 images of 192 bytes do not fit
+    for _ in range(2):
+        assert sum(len(y) for _, y in eval_batches(tight, 4, 0)) == 10
+    assert Counting.reads == 20
+    clear_memo()

@@ -26,17 +26,30 @@ from synthimg.tasks.spec import TaskSpec
 log = logging.getLogger("synthimg.eval")
 
 
-def _split(task: TaskSpec, split: str, root: str | Path, transform: Any) -> Any | None:
-    """A split, or None (with a warning) when the data has no such split."""
+def _split(task: TaskSpec, split: str, root: str | Path, transform: Any, memo_mb: int = 0) -> Any | None:
+    """A split, or None (with a warning) when the data has no such split.
+
+    With ``memo_mb`` > 0 it comes as a :class:`MemoSplit`: its preprocessed tensors are kept
+    in memory after the first pass (keyed by task, split, root, its modification time and the
+    transform), so later epochs and cells of this process do not decode it again.
+    """
+    import os
+
     from synthimg.data.splits import load_split
+    from synthimg.evaluation.data import MemoSplit
 
     try:
-        return load_split(task, split, root, transform)
+        dataset = load_split(task, split, root, transform)
     except SynthimgError as err:
         if "no split" in str(err) or f"no {split}/" in str(err):
             log.warning("skipping split %s: %s", split, err)
             return None
         raise
+    if memo_mb <= 0 or transform is None:
+        return dataset
+    where = Path(root).resolve()
+    stamps = tuple(os.stat(p).st_mtime_ns for p in (where, where / split) if p.exists())
+    return MemoSplit(dataset, (task.name, split, str(where), stamps, repr(transform)), memo_mb << 20)
 
 
 def zeroshot_records(
@@ -46,7 +59,7 @@ def zeroshot_records(
     """One ``zs`` line per evaluation split (val for model selection, test for reporting)."""
     records = []
     for split in cfg.splits:
-        dataset = _split(task, split, root, transform)
+        dataset = _split(task, split, root, transform, cfg.memo_mb)
         if dataset is None:
             continue
         metrics = evaluate_zeroshot(classifier, dataset, cfg.batch_size, cfg.workers, device, cfg.precision)
@@ -70,7 +83,7 @@ def linear_probe_records(
     for split in ("train", "val", "test"):
         if split != "train" and split not in cfg.splits:
             continue
-        dataset = _split(task, split, root, transform)
+        dataset = _split(task, split, root, transform, cfg.memo_mb)
         if dataset is None:
             continue
         cache = cache_dir / f"{feature_cache_key(cache_tag, task.name, split, root)}.pt" if cache_dir else None

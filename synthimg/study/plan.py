@@ -58,7 +58,7 @@ UNHASHED = {"train.logs", "train.name", "train.resume", "train.data", "train.key
             "train.report_to",
             # speed levers that leave the output as it was (the pixel guard of the generate bench checks it)
             "generate.channels_last", "generate.fuse_qkv", "generate.attention", "generate.compile_mode",
-            "train.fused_adamw", "index.chunk_rows",
+            "train.fused_adamw", "index.chunk_rows", "eval.memo_mb",
             # read only by `index build --embeddings`, whose step carries it in its extra
             "index.train_samples"}
 
