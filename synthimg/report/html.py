@@ -60,6 +60,17 @@ def _chunks(df: pd.DataFrame, size: int = 10) -> list[pd.DataFrame]:
     return blocks or [base]
 
 
+def _cost_view(cost: pd.DataFrame) -> pd.DataFrame:
+    """The cost table with short headers (the heading gives the unit), so it fits the page's width."""
+    def short(col: str) -> str:
+        names = {"num_train_images": "images", "gpu_hours": "training", "data_gpu_hours": "data, all",
+                 "gpu_hours_total": "total"}
+        if col in names:
+            return names[col]
+        return col.removeprefix("data_").removesuffix("_gpu_hours") if col.startswith("data_") else col
+    return cost.rename(columns=short)
+
+
 def write_html(out: Path, *, question: str, headline: str, answer: list[str], answer_table: pd.DataFrame,
                tables: dict[str, pd.DataFrame], figures: list[tuple[Path, str]], how_to_read: list[str],
                notes: list[str], provenance: dict[str, Any], cost: pd.DataFrame,
@@ -71,9 +82,10 @@ def write_html(out: Path, *, question: str, headline: str, answer: list[str], an
              "<h1>Synthetic or retrieved training images?</h1>",
              f"<p class='question'>{html.escape(question)}</p>",
              f"<div id='answer'><p class='headline'>{html.escape(headline)}</p>"]
-    if len(answer_table):
+    if len(answer_table):  # the table holds each comparison's difference, interval and verdict
         parts.append(_table(answer_table))
-    parts += [f"<p>{html.escape(a)}</p>" for a in answer]
+    else:
+        parts += [f"<p>{html.escape(a)}</p>" for a in answer]
     parts.append("</div>")
     if how_to_read:
         parts += ["<h2>How to read this</h2>", "<p>" + " ".join(html.escape(s) for s in how_to_read) + "</p>"]
@@ -101,7 +113,7 @@ def write_html(out: Path, *, question: str, headline: str, answer: list[str], an
     rows = pd.DataFrame([{"what": k, "value": v} for k, v in provenance.items()])
     parts.append(_table(rows))
     if not cost.empty:
-        parts += ["<h3>Cost (GPU-hours: training, and making the data)</h3>", _table(cost.round(4))]
+        parts += ["<h3>Cost (GPU-hours: training, and making the data)</h3>", _table(_cost_view(cost.round(4)))]
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts))
