@@ -455,6 +455,7 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
     assert len(rows) == 0 and slow_rows == []
 
 
+@pytest.mark.slow
 def test_download_fills_quotas_in_candidate_order_whatever_order_img2dataset_finishes(tmp_path, monkeypatch):
     """img2dataset's threads finish in any order; with over-request the kept images must not depend on it."""
     from synthimg.data.loader import shard_pipeline

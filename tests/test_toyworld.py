@@ -216,7 +216,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert {"synthetic", "retrieved", "retrieved_substring", "target_train", "zeroshot_baseline"} <= set(summary["arm"])
     html = (report / "report.html").read_text()
     assert "planted in the upstream" in html and "decontamination dropped" in html
-    assert "retrieved - synthetic" in html  # the study's question, answered in the report
+    assert "retrieved − synthetic" in html and "id='answer'" in html  # the question, answered in the report
     cost = pd.read_csv(report / "cost.csv")
     knn = cost[cost["arm"] == "retrieved"].iloc[0]
     assert knn["data_index_gpu_hours"] > 0 and knn["data_retrieve_gpu_hours"] > 0 and knn["data_score_gpu_hours"] > 0

@@ -298,3 +298,25 @@ def test_eval_memo_yields_the_same_batches_and_decodes_a_split_once():
         assert sum(len(y) for _, y in eval_batches(tight, 4, 0)) == 10
     assert Counting.reads == 20
     clear_memo()
+
+
+def test_eval_memo_keys_on_the_files_and_skips_transforms_it_cannot_pin(tmp_path, monkeypatch):
+    import torchvision.transforms as T
+
+    from synthimg.data import splits
+    from synthimg.evaluation.data import MemoSplit
+    from synthimg.evaluation.run import _split
+    from synthimg.tasks import get_task
+
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "0.tar").write_bytes(b"x")
+    monkeypatch.setattr(splits, "load_split", lambda task, split, root, transform: object())
+    task = get_task("cifar10")
+    plain = T.Compose([T.Resize(32), T.ToTensor()])
+    first = _split(task, "test", tmp_path, plain, memo_mb=64)
+    assert isinstance(first, MemoSplit) and _split(task, "test", tmp_path, plain, memo_mb=64).key == first.key
+    (tmp_path / "test" / "0.tar").write_bytes(b"rewritten in place")  # the folder's own mtime may not move
+    assert _split(task, "test", tmp_path, plain, memo_mb=64).key != first.key
+    for unpinned in (lambda im: im, T.Compose([T.RandomHorizontalFlip(), T.ToTensor()])):
+        assert not isinstance(_split(task, "test", tmp_path, unpinned, memo_mb=64), MemoSplit)
+    assert not isinstance(_split(task, "test", tmp_path, plain, memo_mb=0), MemoSplit)

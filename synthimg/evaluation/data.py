@@ -1,10 +1,7 @@
 """Batches of (images, labels) from any evaluation split: torchvision (map-style) or WebDataset records.
 
-A training run evaluates the same val and test splits at every epoch, for the zero-shot head
-and again for the probe, and a study runs many cells in one process. :class:`MemoSplit` keeps a
-split's preprocessed tensors in memory after its first full pass, when they fit a byte budget
-(``eval.memo_mb``), so each split is decoded once per process instead of 4 times per epoch.
-The eval transform is deterministic, so the batches are the same tensors either way.
+:class:`MemoSplit` keeps a split's preprocessed batches in memory after one full pass, within
+``eval.memo_mb``, so the epochs and cells of one process decode each split once (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -14,24 +11,24 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-_MEMO: OrderedDict[Hashable, tuple[Any, Any]] = OrderedDict()
+_MEMO: OrderedDict[Hashable, list[tuple[Any, Any]]] = OrderedDict()
 
 
 @dataclass
 class MemoSplit:
-    """A split whose preprocessed (images, labels) are kept under ``key`` once read, if ≤ ``budget_bytes``."""
+    """A split whose batches are kept under ``key`` after a full pass, if they fit ``budget_bytes`` (all kept splits)."""
 
     dataset: Any
     key: Hashable
     budget_bytes: int
 
 
-def _memo_bytes() -> int:
-    return sum(x.element_size() * x.nelement() + y.element_size() * y.nelement() for x, y in _MEMO.values())
+def _nbytes(batches: list[tuple[Any, Any]]) -> int:
+    return sum(x.element_size() * x.nelement() + y.element_size() * y.nelement() for x, y in batches)
 
 
 def clear_memo() -> None:
-    """Forget every kept split (tests; a process that changes eval data on disk)."""
+    """Forget every kept split (tests; a process that rewrites eval data in place)."""
     _MEMO.clear()
 
 
@@ -54,28 +51,26 @@ def _batches(dataset: Any, batch_size: int, workers: int) -> Iterator[tuple[Any,
 
 def eval_batches(dataset: Any, batch_size: int, workers: int) -> Iterator[tuple[Any, Any]]:
     """Yield ``(images, labels)`` tensors; works for map-style datasets, shard pipelines and :class:`MemoSplit`."""
-    import torch
-
     if not isinstance(dataset, MemoSplit):
         yield from _batches(dataset, batch_size, workers)
         return
-    if dataset.key in _MEMO:
-        _MEMO.move_to_end(dataset.key)
-        images, labels = _MEMO[dataset.key]
-        for i in range(0, len(labels), batch_size):
-            yield images[i : i + batch_size], labels[i : i + batch_size]
+    key = (dataset.key, batch_size)  # replayed exactly as first yielded: same batch shapes, same results
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        for images, labels in _MEMO[key]:
+            yield images.clone(), labels.clone()  # a consumer that edits its input leaves the memo as it was
         return
     kept: list[tuple[Any, Any]] | None = []
     size = 0
     for images, labels in _batches(dataset.dataset, batch_size, workers):
         if kept is not None:
-            size += images.element_size() * images.nelement()
+            size += _nbytes([(images, labels)])
             if size <= dataset.budget_bytes:
-                kept.append((images, labels))
+                kept.append((images.clone(), labels.clone()))
             else:
                 kept = None  # too big to keep: stream it every time
         yield images, labels
     if kept:  # a full pass (a consumer that stops early never gets here)
-        _MEMO[dataset.key] = (torch.cat([x for x, _ in kept]), torch.cat([y for _, y in kept]))
-        while len(_MEMO) > 1 and _memo_bytes() > dataset.budget_bytes:
-            _MEMO.popitem(last=False)  # least recently used first
+        while _MEMO and sum(_nbytes(v) for v in _MEMO.values()) + size > dataset.budget_bytes:
+            _MEMO.popitem(last=False)  # least recently used first, before the new one goes in
+        _MEMO[key] = kept

@@ -8,6 +8,7 @@ training, :class:`RunEvaluator` is passed to the trainer and writes ``RUN/result
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,11 @@ log = logging.getLogger("synthimg.eval")
 def _split(task: TaskSpec, split: str, root: str | Path, transform: Any, memo_mb: int = 0) -> Any | None:
     """A split, or None (with a warning) when the data has no such split.
 
-    With ``memo_mb`` > 0 it comes as a :class:`MemoSplit`: its preprocessed tensors are kept
-    in memory after the first pass (keyed by task, split, root, its modification time and the
-    transform), so later epochs and cells of this process do not decode it again.
+    With ``memo_mb`` > 0 it comes as a :class:`MemoSplit`, keyed by task, split, root, the
+    name, size and modification time of each entry of the root and split folders, and the
+    transform's repr; a transform whose repr does not pin it down (an object address, a random
+    op) is never memoised.
     """
-    import os
-
     from synthimg.data.splits import load_split
     from synthimg.evaluation.data import MemoSplit
 
@@ -45,11 +45,13 @@ def _split(task: TaskSpec, split: str, root: str | Path, transform: Any, memo_mb
             log.warning("skipping split %s: %s", split, err)
             return None
         raise
-    if memo_mb <= 0 or transform is None:
+    shown = repr(transform)
+    if memo_mb <= 0 or transform is None or " at 0x" in shown or "Random" in shown:
         return dataset
     where = Path(root).resolve()
-    stamps = tuple(os.stat(p).st_mtime_ns for p in (where, where / split) if p.exists())
-    return MemoSplit(dataset, (task.name, split, str(where), stamps, repr(transform)), memo_mb << 20)
+    stamps = tuple((d.name, e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                   for d in (where, where / split) if d.is_dir() for e in sorted(os.scandir(d), key=lambda e: e.name))
+    return MemoSplit(dataset, (task.name, split, str(where), stamps, shown), memo_mb << 20)
 
 
 def zeroshot_records(

@@ -151,7 +151,7 @@ def build_report(paths: list[str | os.PathLike[str]], out: str | os.PathLike[str
     tables = {f"{t}": arm_table(table, diffs, t) for t in tasks}
     figures = [(p, _caption(p)) for p in plots if p.suffix == ".png"]
     page = write_html(out, question=QUESTION.format(tasks=", ".join(tasks)), headline=headline(diffs),
-                      answer=answer, answer_table=answer_frame(diffs), tables=tables, figures=figures,
+                      answer_table=answer_frame(diffs), tables=tables, figures=figures,
                       how_to_read=HOW_TO_READ, notes=all_notes, provenance=provenance(selected), cost=cost,
                       distances=distances, galleries=rows)
     return {"tables": [str(p) for p in files], "plots": [str(p) for p in plots], "html": str(page),

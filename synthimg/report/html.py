@@ -71,7 +71,7 @@ def _cost_view(cost: pd.DataFrame) -> pd.DataFrame:
     return cost.rename(columns=short)
 
 
-def write_html(out: Path, *, question: str, headline: str, answer: list[str], answer_table: pd.DataFrame,
+def write_html(out: Path, *, question: str, headline: str, answer_table: pd.DataFrame,
                tables: dict[str, pd.DataFrame], figures: list[tuple[Path, str]], how_to_read: list[str],
                notes: list[str], provenance: dict[str, Any], cost: pd.DataFrame,
                distances: pd.DataFrame | None = None, galleries: list[dict[str, Any]] | None = None) -> Path:
@@ -82,10 +82,8 @@ def write_html(out: Path, *, question: str, headline: str, answer: list[str], an
              "<h1>Synthetic or retrieved training images?</h1>",
              f"<p class='question'>{html.escape(question)}</p>",
              f"<div id='answer'><p class='headline'>{html.escape(headline)}</p>"]
-    if len(answer_table):  # the table holds each comparison's difference, interval and verdict
+    if len(answer_table):  # each comparison's difference, interval and verdict (the console also has them as sentences)
         parts.append(_table(answer_table))
-    else:
-        parts += [f"<p>{html.escape(a)}</p>" for a in answer]
     parts.append("</div>")
     if how_to_read:
         parts += ["<h2>How to read this</h2>", "<p>" + " ".join(html.escape(s) for s in how_to_read) + "</p>"]
