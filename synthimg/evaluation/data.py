@@ -11,7 +11,8 @@ from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-_MEMO: OrderedDict[Hashable, list[tuple[Any, Any]]] = OrderedDict()
+_MEMO: OrderedDict[Hashable, tuple[int, list[tuple[Any, Any]]]] = OrderedDict()  # key -> (bytes, batches)
+_TOO_BIG: set[Hashable] = set()  # splits seen not to fit: streamed without copying batches again
 
 
 @dataclass
@@ -23,13 +24,10 @@ class MemoSplit:
     budget_bytes: int
 
 
-def _nbytes(batches: list[tuple[Any, Any]]) -> int:
-    return sum(x.element_size() * x.nelement() + y.element_size() * y.nelement() for x, y in batches)
-
-
 def clear_memo() -> None:
     """Forget every kept split (tests; a process that rewrites eval data in place)."""
     _MEMO.clear()
+    _TOO_BIG.clear()
 
 
 def _batches(dataset: Any, batch_size: int, workers: int) -> Iterator[tuple[Any, Any]]:
@@ -55,22 +53,26 @@ def eval_batches(dataset: Any, batch_size: int, workers: int) -> Iterator[tuple[
         yield from _batches(dataset, batch_size, workers)
         return
     key = (dataset.key, batch_size)  # replayed exactly as first yielded: same batch shapes, same results
+    if key in _TOO_BIG:
+        yield from _batches(dataset.dataset, batch_size, workers)
+        return
     if key in _MEMO:
         _MEMO.move_to_end(key)
-        for images, labels in _MEMO[key]:
+        for images, labels in _MEMO[key][1]:
             yield images.clone(), labels.clone()  # a consumer that edits its input leaves the memo as it was
         return
     kept: list[tuple[Any, Any]] | None = []
     size = 0
     for images, labels in _batches(dataset.dataset, batch_size, workers):
         if kept is not None:
-            size += _nbytes([(images, labels)])
+            size += images.element_size() * images.nelement() + labels.element_size() * labels.nelement()
             if size <= dataset.budget_bytes:
                 kept.append((images.clone(), labels.clone()))
             else:
-                kept = None  # too big to keep: stream it every time
+                kept = None
+                _TOO_BIG.add(key)  # too big to keep: stream it from now on
         yield images, labels
     if kept:  # a full pass (a consumer that stops early never gets here)
-        while _MEMO and sum(_nbytes(v) for v in _MEMO.values()) + size > dataset.budget_bytes:
+        while _MEMO and sum(n for n, _ in _MEMO.values()) + size > dataset.budget_bytes:
             _MEMO.popitem(last=False)  # least recently used first, before the new one goes in
-        _MEMO[key] = kept
+        _MEMO[key] = (size, kept)

@@ -49,8 +49,9 @@ def _split(task: TaskSpec, split: str, root: str | Path, transform: Any, memo_mb
     if memo_mb <= 0 or transform is None or " at 0x" in shown or "Random" in shown:
         return dataset
     where = Path(root).resolve()
-    stamps = tuple((d.name, e.name, e.stat().st_size, e.stat().st_mtime_ns)
-                   for d in (where, where / split) if d.is_dir() for e in sorted(os.scandir(d), key=lambda e: e.name))
+    stamps = tuple((d.name, e.name, st.st_size, st.st_mtime_ns)
+                   for d in (where, where / split) if d.is_dir()
+                   for e in sorted(os.scandir(d), key=lambda e: e.name) for st in (e.stat(),))
     return MemoSplit(dataset, (task.name, split, str(where), stamps, shown), memo_mb << 20)
 
 
