@@ -842,6 +842,7 @@ def toyworld_pretrain(
     seed: int = typer.Option(0),
     unet_steps: Optional[int] = typer.Option(None, help="UNet steps (default: the shipped recipe's)"),
     eval_every: int = typer.Option(0, help="every N UNet steps, print the fidelity of the EMA weights (0: never)"),
+    set_: list[str] = typer.Option([], "--set", help="a recipe setting KEY=VALUE, e.g. unet_snr_gamma=5 (repeatable)"),
 ) -> None:
     """Reproduce the shipped tiny CLIP and tiny Stable Diffusion pipeline from the world.
 
@@ -850,7 +851,10 @@ def toyworld_pretrain(
     """
     from synthimg.toyworld.pretrain import WEIGHTS, Recipe, pretrain
 
-    recipe = Recipe(seed=seed, **({} if unet_steps is None else {"unet_steps": unet_steps}))
+    try:
+        recipe = Recipe(seed=seed, **({} if unet_steps is None else {"unet_steps": unet_steps})).override(set_)
+    except ValueError as e:
+        raise SynthimgError(f"--set: {e}") from None
     target = out or WEIGHTS
     evaluate = None
     if eval_every:

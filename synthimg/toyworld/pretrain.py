@@ -70,6 +70,8 @@ class Recipe:
     unet_warmup: int = 200
     unet_channels: tuple[int, ...] = (48, 96)
     unet_text_time: bool = False  # also add the attention-pooled caption to the timestep embedding (FiLM)
+    unet_prediction: str = "epsilon"  # what the UNet predicts: "epsilon" (SD 1.5) or "v_prediction" (SD 2)
+    unet_snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is theirs); 0: plain MSE
     caption_dropout: float = 0.15
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
@@ -81,14 +83,40 @@ class Recipe:
         return cls(clip_steps=5, clip_batch=32, vae_steps=3, vae_batch=16, unet_steps=4, unet_batch=16,
                    unet_warmup=2, checkpoint_every=2, seed=seed)
 
+    def override(self, pairs: list[str]) -> "Recipe":
+        """A copy with ``KEY=VALUE`` settings applied (tuples as ``48,96``); an unknown key is an error."""
+        from dataclasses import fields, replace
+
+        types = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in types:
+                raise ValueError(f"bad recipe setting {pair!r}: use KEY=VALUE with KEY one of {', '.join(types)}")
+            kind = types[key]
+            try:
+                if kind is tuple:
+                    changes[key] = tuple(int(v) for v in value.split(","))
+                elif kind is bool:
+                    changes[key] = {"true": True, "false": False}[value.lower()]
+                else:
+                    changes[key] = kind(value)
+            except (KeyError, ValueError):
+                raise ValueError(f"bad recipe setting {pair!r}: {key} takes a {kind.__name__}") from None
+        return replace(self, **changes)
+
     def stage_hash(self, stage: str) -> str:
         keys = {"clip": ["clip_", "seed"], "vae": ["vae_", "seed"], "unet": ["unet_", "caption", "ema", "seed"]}[stage]
         chosen = {k: v for k, v in asdict(self).items() if any(k.startswith(p) for p in keys)}
-        if not chosen.get("unet_text_time", True):
-            del chosen["unet_text_time"]  # off, the recipe is the shipped one and keeps its hash
+        for key, neutral in _NEUTRAL.items():  # a switch left at its neutral value keeps older recipes' hashes
+            if key in chosen and chosen[key] == neutral:
+                del chosen[key]
         if stage == "unet":  # the UNet is trained on the other two stages' outputs
             chosen["upstream"] = [self.stage_hash("clip"), self.stage_hash("vae")]
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_NEUTRAL = {"unet_text_time": False, "unet_prediction": "epsilon", "unet_snr_gamma": 0.0}
 
 
 def load_upstream(world: Path) -> tuple[Any, list[str]]:
@@ -234,12 +262,39 @@ def _unet(recipe: Recipe, latent_channels: int, text_width: int) -> Any:
                                 resnet_time_scale_shift="scale_shift" if recipe.unet_text_time else "default")
 
 
-def scheduler() -> Any:
+def scheduler(prediction: str = "epsilon") -> Any:
     """SD 1.5's noise schedule (scaled linear betas 0.00085..0.012, 1000 steps) as a DDIM scheduler."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1)
+                         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction)
+
+
+def diffusion_loss(pred: Any, x0: Any, noise: Any, t: Any, sched: Any, snr_gamma: float = 0.0) -> Any:
+    """The denoising loss for the scheduler's prediction type, optionally Min-SNR-gamma weighted.
+
+    With ``snr_gamma`` > 0 each sample's MSE is weighted by min(SNR, gamma) / SNR for epsilon
+    targets and min(SNR, gamma) / (SNR + 1) for v targets (Hang et al., "Efficient Diffusion
+    Training via Min-SNR Weighting Strategy", 2023), so the many easy low-noise steps stop
+    dominating the gradient.
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = sched.get_velocity(x0, noise, t)
+    else:
+        raise ValueError(f"unet_prediction must be 'epsilon' or 'v_prediction', not {kind!r}")
+    if snr_gamma <= 0:
+        return F.mse_loss(pred, target)
+    snr = compute_snr(sched, t)
+    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if kind == "v_prediction" else snr)
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    return (per_sample * weight).mean()
 
 
 def _lr_factor(step: int, recipe: Recipe) -> float:
@@ -262,7 +317,6 @@ def pretrain_unet(world: Path, out: Path, clip_file: Path, vae_dir: Path, recipe
     import copy
 
     import torch
-    import torch.nn.functional as F
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from diffusers.training_utils import EMAModel
 
@@ -282,7 +336,7 @@ def pretrain_unet(world: Path, out: Path, clip_file: Path, vae_dir: Path, recipe
         states = torch.cat([text(ids[i : i + 1024])[0] for i in range(0, len(ids), 1024)])
         empty_state = text(empty)[0]
     unet = _unet(recipe, latents.shape[1], states.shape[-1])
-    sched = scheduler()
+    sched = scheduler(recipe.unet_prediction)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=0.01)
     lr = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s + 1, recipe))
     ema = EMAModel(unet.parameters(), decay=recipe.ema_decay)
@@ -318,7 +372,8 @@ def pretrain_unet(world: Path, out: Path, clip_file: Path, vae_dir: Path, recipe
         cond[torch.rand(len(idx), generator=g) < recipe.caption_dropout] = empty_state
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=g)
-        loss = F.mse_loss(unet(sched.add_noise(x0, noise, t), t, cond).sample, noise)
+        loss = diffusion_loss(unet(sched.add_noise(x0, noise, t), t, cond).sample, x0, noise, t, sched,
+                              recipe.unet_snr_gamma)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
