@@ -238,13 +238,14 @@ def test_substring_rules_per_task():
 
 def test_substring_backend_end_to_end(tmp_path):
     pd.DataFrame({
-        "url": [f"http://x.invalid/{i}" for i in range(5)],
-        "caption": ["a banded pattern scarf", "a bumpy texture on stone", "nothing here", "Bumpy Texture close-up", None],
-        "NSFW": ["UNLIKELY", "UNLIKELY", "UNLIKELY", "NSFW", "UNLIKELY"],
+        "url": [f"http://x.invalid/{i}" for i in range(6)],
+        "caption": ["a banded pattern scarf", "a bumpy texture on stone", "nothing here", "Bumpy Texture close-up", None,
+                    "café: a dotted pattern"],  # non-ASCII: settled by the automaton, merged back with its NSFW tag
+        "NSFW": ["UNLIKELY", "UNLIKELY", "UNLIKELY", "NSFW", "UNLIKELY", "UNLIKELY"],
     }).to_parquet(tmp_path / "laion.parquet")
     table, stats = retrieve(get_task("dtd"), RetrieveConfig(backend="substring", metadata=str(tmp_path / "*.parquet"),
                                                             per_class=1), tmp_path / "out")
-    assert sorted(table["caption"]) == ["a banded pattern scarf", "a bumpy texture on stone"]
+    assert sorted(table["caption"]) == ["a banded pattern scarf", "a bumpy texture on stone", "café: a dotted pattern"]
     assert stats["nsfw_dropped"] == 1 and table["backend"].eq("substring").all()
 
 
@@ -414,7 +415,7 @@ def test_a_corrupt_parquet_input_is_one_line_naming_it(tmp_path, capsys, content
 
 
 def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
-    """scan (numpy tokens + Arrow lookup, Matcher on the rest) == scan_python, row for row and in order."""
+    """scan (numpy token prefixes and word compares, Matcher on the rest) == scan_python, row for row and in order."""
     import random
 
     from synthimg.retrieval.substring import scan, scan_python
@@ -438,6 +439,15 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
         fast, slow = list(scan(task, str(path), batch_rows=100)), list(scan_python(task, str(path), batch_rows=100))
         assert len(slow) > 100, name
         assert fast == slow, name
+    # in this order: patterns cut across two captions, tokens longer than the 8-byte prefix, a
+    # pattern that ends the column (its 8-byte reads run into the padding)
+    task = get_task("imagenet")
+    caps = ["great white", "shark", "gold", "fish", "hippopotamuses", "hippopotamus", "american", "alligator",
+            "americanalligator", "x great white shark", "the american alligator"]
+    pd.DataFrame({"url": [f"u{i}" for i in range(len(caps))], "caption": caps}).to_parquet(tmp_path / "cut.parquet")
+    fast, slow = list(scan(task, str(tmp_path / "cut.parquet"))), list(scan_python(task, str(tmp_path / "cut.parquet")))
+    assert fast == slow and [r["caption"] for r in fast] == ["hippopotamus", "x great white shark",
+                                                             "the american alligator"]
     # id columns (nulls and floats as str() writes them), a category column, and a null slot holding bytes
     import pyarrow as pa
 

@@ -102,64 +102,55 @@ def metadata_files(pattern: str) -> list[str]:
 
 
 class Prefilter:
-    """The scan vectorised over a whole caption column, leaving Python only the rows it cannot settle.
+    """The scan compiled over a whole caption column, leaving Python only the rows it cannot settle.
 
-    A pattern matches on word boundaries, so on an ASCII caption it starts and ends with whole
-    tokens (maximal runs of ``[a-z0-9]`` after lower-casing, exactly what ``str.isalnum`` sees
-    there). The column's bytes are cut into pieces, tokens and the separators between them,
-    with numpy; one Arrow hash lookup gives every piece its id in the patterns' vocabulary; a
-    pattern matches where its pieces follow one another in one caption. The matches come out
-    in :class:`Matcher`'s order (by end, the longest first, each class once per caption).
+    A pattern matches on word boundaries, so on an ASCII caption it starts at a token (a maximal
+    run of ``[a-z0-9]`` after lower-casing, exactly what ``str.isalnum`` sees there) and ends
+    where one ends. One numba pass over the column's bytes (:func:`scan_kernel.scan`) reads
+    each token's first eight bytes as one integer; a small hash table keeps the tokens that
+    begin a pattern, and each pattern they begin is compared byte for byte and
+    must end on a boundary inside its caption. The matches come out in :class:`Matcher`'s
+    order (by end, the longest first, each class once per caption).
 
-    Rows go to :class:`Matcher` when the vectorised rules do not hold: non-ASCII captions
-    (Unicode case and ``isalnum``), patterns that end in a separator (``conv.``), and every
-    candidate row of the tasks whose rules look beyond one pattern (``all_tokens``, ``require_word``).
+    Rows go to :class:`Matcher` when these rules do not hold: non-ASCII captions (Unicode case
+    and ``isalnum``), patterns that end in a separator (``conv.``), and every candidate row of
+    the tasks whose rules look beyond one pattern (``all_tokens``, ``require_word``).
     """
 
     def __init__(self, matcher: Matcher):
         import numpy as np
-        import pyarrow as pa
+
+        from synthimg.retrieval import scan_kernel
 
         self.matcher = matcher
+        self.kernel = scan_kernel
         texts = list(matcher.automaton.keys())
         self.exact = matcher.mode == "any" and not matcher.require  # are the matches settled here?
         # a pattern must start with an ASCII letter or digit for its first token to find it
         self.usable = all(t.isascii() and t[:1].isalnum() for t in texts)
-        split = []
-        for text in texts:
-            pieces = re.findall(r"[a-z0-9]+|[^a-z0-9]+", text)
+        patterns = []
+        for text in texts if self.usable else []:
             odd = not text[-1:].isalnum()
-            if odd:  # ends in a separator: its tokens make the row a candidate, Matcher decides
-                pieces = pieces[:-1]
-            if pieces:  # one with no letter or digit has made the task unusable here (Matcher scans it)
-                split.append((pieces, text, [c for c, _ in matcher.automaton.get(text)[1]], odd))
-        # the pieces that start a pattern get the lowest ids, so one comparison finds the candidates
-        vocab: dict[str, int] = {}
-        for pieces, *_ in split:
-            vocab.setdefault(pieces[0], len(vocab))
-        self.n_first = len(vocab)
-        for pieces, *_ in split:
-            for x in pieces:
-                vocab.setdefault(x, len(vocab))
-        patterns = [([vocab[x] for x in pieces], text, owners, odd) for pieces, text, owners, odd in split]
-        patterns.sort(key=lambda q: q[0][0] if q[0] else -1)
-        self.vocab = pa.array(list(vocab), pa.string())
-        width = max((len(q[0]) for q in patterns), default=1)
-        self.seq = np.full((len(patterns), width), -2, np.int64)
-        for i, (ids, *_rest) in enumerate(patterns):
-            self.seq[i, : len(ids)] = ids
-        self.seq_len = np.asarray([len(q[0]) for q in patterns], np.int64)
-        self.n_chars = np.asarray([len(q[1]) for q in patterns], np.int64)
-        self.odd = np.asarray([q[3] for q in patterns], bool)
-        self.query_texts = [q[1] for q in patterns]
-        counts = np.asarray([0] + [len(q[2]) for q in patterns], np.int64)
+            body = re.sub(r"[^a-z0-9]+$", "", text) if odd else text  # odd: its tokens make a candidate
+            if not re.fullmatch(r"[a-z0-9][ -~]*", body):
+                self.usable = False  # upper-case or non-ASCII inside: Matcher scans the task
+                break
+            head = re.match(r"[a-z0-9]+", body).group()[:8].encode()
+            key = int.from_bytes(head.ljust(8, b"\0"), "little")
+            patterns.append((key, body.encode(), text, [c for c, _ in matcher.automaton.get(text)[1]], odd))
+        patterns.sort(key=lambda q: q[0])
+        self.query_texts = [q[2] for q in patterns]
+        keys, self.key_lo, self.key_count = np.unique(np.asarray([q[0] for q in patterns], np.uint64),
+                                                      return_index=True, return_counts=True)
+        self.table, self.where = scan_kernel.key_table(keys)
+        self.body_len = np.asarray([len(q[1]) for q in patterns], np.int64)
+        self.body_start = np.cumsum(self.body_len) - self.body_len
+        self.body = np.frombuffer(b"".join(q[1] for q in patterns) or b"\0", np.uint8)
+        self.n_chars = np.asarray([len(q[2]) for q in patterns], np.int64)
+        self.odd = np.asarray([q[4] for q in patterns], bool)
+        counts = np.asarray([0] + [len(q[3]) for q in patterns], np.int64)
         self.owner_start = np.cumsum(counts)
-        self.owner_class = np.asarray([c for q in patterns for c in q[2]], np.int64)
-        first = self.seq[:, 0]
-        # patterns by first piece id; index 0 stands for "not in the vocabulary" (id -1)
-        self.first_start = np.searchsorted(first, np.arange(-1, len(vocab) + 1))
-        self.count_by_id = np.diff(self.first_start)[1:]  # patterns whose first piece is each id
-        self.lo_by_id = self.first_start[1 : len(vocab) + 1]  # and where they start in self.seq
+        self.owner_class = np.asarray([c for q in patterns for c in q[3]], np.int64)
 
     def run(self, captions: Any) -> tuple[Any, Any, Any, list[int]]:
         """Matches of one Arrow string column: (row, class, pattern index) arrays in scan order,
@@ -177,69 +168,45 @@ class Prefilter:
             raise SynthimgError(f"captions must be strings, not {col.type}")
         rows = len(col)
         empty = np.zeros(0, np.int64)
+        # a null slot may hold bytes: it never matches, as in Matcher's scan
         present = pc.fill_null(pc.greater(pc.binary_length(col), 0), False).to_numpy(zero_copy_only=False)
         if not self.usable:
             return empty, empty, empty, np.flatnonzero(present).tolist()
-        ascii_ = pc.fill_null(pc.string_is_ascii(col), True).to_numpy(zero_copy_only=False)
-        python_rows = present & ~ascii_
-        # ASCII lower-casing: the rows it would get wrong (non-ASCII) are Matcher's anyway, and
-        # their bytes >= 128 are separators here, so they cut no ASCII row's tokens differently
-        low = pc.ascii_lower(col)
-        offsets = np.frombuffer(low.buffers()[1], np.int32)[low.offset : low.offset + rows + 1]
-        data = np.frombuffer(low.buffers()[2], np.uint8) if low.buffers()[2] is not None else np.zeros(0, np.uint8)
-        data = data[offsets[0] : offsets[-1]]
-        offsets = offsets - offsets[0]
-        if len(data) == 0:
-            return empty, empty, empty, np.flatnonzero(python_rows).tolist()
-        is_tok = np.less(data - np.uint8(97), 26) | np.less(data - np.uint8(48), 10)
-        # pieces: maximal runs of token or separator bytes, never across two captions
-        cut = np.zeros(len(data) + 1, bool)
-        np.not_equal(is_tok[1:], is_tok[:-1], out=cut[1:-1])
-        cut[offsets] = True
-        bounds = np.flatnonzero(cut).astype(np.int32)
-        pieces = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(data))
-        ids = pc.fill_null(pc.index_in(pieces, value_set=self.vocab), -1).to_numpy(zero_copy_only=False)
-        # each piece's row: rows start at cuts; empty rows share a cut, the last of them owns it
-        row_starts = np.searchsorted(bounds, offsets[:-1])
-        piece_row = np.repeat(np.arange(rows, dtype=np.int32), np.diff(np.append(row_starts, len(ids))))
-        # candidate (piece, pattern) pairs: the piece is the pattern's first; then check the rest
-        pos = np.flatnonzero(ids.view(np.uint32) < self.n_first)  # -1 (not in the vocabulary) is 2**32 - 1
-        first_ids = ids[pos]
-        n, lo = self.count_by_id[first_ids], self.lo_by_id[first_ids]
-        total = int(n.sum())
-        which = np.repeat(lo, n) + (np.arange(total) - np.repeat(np.cumsum(n) - n, n))
-        pos = np.repeat(pos, n)
-        start_row = piece_row[pos]
-        last = len(ids) - 1
-        matched_pos, matched_q, matched_row = [], [], []
-        for j in range(1, self.seq.shape[1] + 1):
-            finished = self.seq_len[which] == j
-            matched_pos.append(pos[finished])
-            matched_q.append(which[finished])
-            matched_row.append(start_row[finished])
-            pos, which, start_row = pos[~finished], which[~finished], start_row[~finished]
-            if j == self.seq.shape[1] or not len(pos):
+        offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + rows + 1]
+        data = np.frombuffer(col.buffers()[2], np.uint8) if col.buffers()[2] is not None else np.zeros(1, np.uint8)
+        size = rows + 1024
+        while True:  # the outputs grow until every match fits (one pass in practice)
+            python_rows = np.zeros(rows, np.bool_)
+            match_row, end, which = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
+            count = self.kernel.scan(data, offsets, present, self.table, self.where, self.key_lo, self.key_count,
+                                     self.body, self.body_start, self.body_len, match_row, end, which, python_rows)
+            if count >= 0:
                 break
-            nxt = np.minimum(pos + j, last)
-            ok = (ids[nxt] == self.seq[which, j]) & (piece_row[nxt] == start_row) & (pos + j <= last)
-            pos, which, start_row = pos[ok], which[ok], start_row[ok]
-        pos, which, match_row = np.concatenate(matched_pos), np.concatenate(matched_q), np.concatenate(matched_row)
+            size *= 4
+        match_row, end, which = match_row[:count], end[:count], which[:count]
         if not self.exact:
             python_rows[match_row] = True
-            return empty, empty, empty, np.flatnonzero(python_rows & present).tolist()
+            return empty, empty, empty, np.flatnonzero(python_rows).tolist()
         python_rows[match_row[self.odd[which]]] = True
-        python_rows &= present  # a null slot may hold bytes: it never matches, as in Matcher's scan
-        keep = present[match_row] & ~python_rows[match_row]
-        pos, which, match_row = pos[keep], which[keep], match_row[keep]
-        # Matcher's order: by end piece, the longest pattern first; then every owner class, once per row
-        order = np.lexsort((-self.n_chars[which], pos + self.seq_len[which]))
+        keep = ~python_rows[match_row]
+        end, which, match_row = end[keep], which[keep], match_row[keep]
+        # Matcher's order: by end, the longest pattern first; then every owner class, once per row
+        order = np.lexsort((-self.n_chars[which], end))
         which, match_row = which[order], match_row[order]
         n_own = self.owner_start[which + 1] - self.owner_start[which]
-        slot = np.repeat(self.owner_start[which], n_own) + (np.arange(int(n_own.sum())) - np.repeat(np.cumsum(n_own) - n_own, n_own))
+        slot = _ranges(self.owner_start[which], n_own)
         m_rows, m_pat, m_class = np.repeat(match_row, n_own), np.repeat(which, n_own), self.owner_class[slot]
         _, first = np.unique(m_rows * (int(self.owner_class.max(initial=0)) + 1) + m_class, return_index=True)
         first.sort()
         return m_rows[first], m_class[first], m_pat[first], np.flatnonzero(python_rows).tolist()
+
+
+def _ranges(start: Any, count: Any) -> Any:
+    """``start[i], start[i] + 1, ..., start[i] + count[i] - 1`` for every i, concatenated."""
+    import numpy as np
+
+    total = int(count.sum())
+    return np.repeat(start - (np.cumsum(count) - count), count) + np.arange(total)
 
 
 def _columns(f: str, parquet: Any) -> tuple[list[str], str | None]:
@@ -266,26 +233,20 @@ def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
     for f in metadata_files(pattern):
         parquet = parquet_file(f)
         extra, id_col = _columns(f, parquet)
-        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra])
+        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra], use_threads=False)
         done = 0
         for batch in batches:
             caps = batch.column("caption")
             rows, classes, query_idx, slow = pre.run(caps)
-            q_text = queries.take(pa.array(query_idx, pa.int64())).to_pylist()
-            rows, classes = rows.tolist(), classes.tolist()
+            query = queries.take(pa.array(query_idx, pa.int64()))
             if slow:  # the rows Python settles, merged back in row order
                 slow_caps = caps.take(pa.array(slow, pa.int64())).to_pylist()
-                extra_rows, extra_cls, extra_q = [], [], []
-                for r, cap in zip(slow, slow_caps):
-                    for c, text in matcher.match(cap):
-                        extra_rows.append(r)
-                        extra_cls.append(c)
-                        extra_q.append(text)
-                rows, classes, q_text = rows + extra_rows, classes + extra_cls, q_text + extra_q
-                order = np.argsort(np.asarray(rows, np.int64), kind="stable").tolist()
-                rows = [rows[i] for i in order]
-                classes = [classes[i] for i in order]
-                q_text = [q_text[i] for i in order]
+                settled = [(r, c, text) for r, cap in zip(slow, slow_caps) for c, text in matcher.match(cap)]
+                rows = np.concatenate([rows, np.asarray([m[0] for m in settled], np.int64)])
+                classes = np.concatenate([classes, np.asarray([m[1] for m in settled], np.int64)])
+                query = pa.concat_arrays([query, pa.array([m[2] for m in settled], pa.string())])
+                order = np.argsort(rows, kind="stable")
+                rows, classes, query = rows[order], classes[order], query.take(pa.array(order))
             take = pa.array(rows, pa.int64())
             if id_col:  # str() of each value, exactly as scan_python writes it
                 ids = pa.array([str(v) for v in batch.column(id_col).take(take).to_pylist()], pa.string())
@@ -294,7 +255,7 @@ def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
                 ids = pc.binary_join_element_wise(f"{Path(f).name}:", position, "")
             nsfw = batch.column("NSFW").take(take) if "NSFW" in extra else pa.nulls(len(rows))
             yield pa.table({"class_id": pa.array(classes, pa.int64()), "url": batch.column("url").take(take),
-                            "caption": caps.take(take), "query": pa.array(q_text, pa.string()),
+                            "caption": caps.take(take), "query": query,
                             "upstream_id": ids, "NSFW": nsfw})
             done += batch.num_rows
 
@@ -313,7 +274,7 @@ def scan_python(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
     for f in metadata_files(pattern):
         parquet = parquet_file(f)
         extra, id_col = _columns(f, parquet)
-        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra])
+        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra], use_threads=False)
         for i, batch in enumerate(batches):
             cols = batch.to_pydict()
             ids = cols[id_col] if id_col else None
