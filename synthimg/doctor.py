@@ -19,6 +19,7 @@ OPTIONAL = {
     "tensorboard": "TensorBoard logging",
     "clip_benchmark": "CLIP_benchmark templates and result tooling",
     "ahocorasick": "one-pass substring retrieval (pyahocorasick)",
+    "numba": "the substring scan's compiled byte loop",
     "duckdb": "SQL over manifests and results",
     "matplotlib": "plots in reports",
     "torchmetrics": "FID/KID in reports",
