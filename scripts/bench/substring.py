@@ -5,8 +5,8 @@
 A LAION-like parquet of generated captions (web-like word soup, a fifth of them holding an
 ImageNet class name) is scanned in the same run by:
 
-- **ours**: ``scan_tables``, the vectorised pre-filter (numpy: 8-byte token prefixes, a bit filter, word compares)
-  with Python's matcher only on the rows it cannot settle;
+- **ours**: ``scan_tables``, the compiled pre-filter (one numba pass over each batch's caption bytes:
+  8-byte token keys in a hash table, then byte compares) with Python's matcher only on the rows it cannot settle;
 - **previous**: ``scan_python``, the one-pass Aho-Corasick matcher on every caption (the
   algorithm before this change), whose matches ours must reproduce row for row;
 - **naive**, on a sample: one word-boundary regex per class over every caption.
@@ -75,7 +75,7 @@ def main() -> None:
     naive_match(task, caps[: args.naive_rows])
     naive = args.naive_rows / (time.perf_counter() - t)
     print(f"{args.rows:,} captions x {task.num_classes} ImageNet classes, {len(ours_rows):,} matches")
-    print(f"  ours (vectorised pre-filter + matcher on the rest): {ours:,.0f} rows/s")
+    print(f"  ours (compiled pre-filter + matcher on the rest):   {ours:,.0f} rows/s")
     print(f"  previous (one-pass Aho-Corasick on every caption):  {previous:,.0f} rows/s "
           f"-> {ours / previous:.1f}x, identical matches: {identical}")
     print(f"  naive per-class regex loop ({args.naive_rows:,} rows):      {naive:,.0f} rows/s -> {ours / naive:.0f}x")
