@@ -851,6 +851,9 @@ def toyworld_pretrain(
     """
     from synthimg.toyworld.pretrain import WEIGHTS, Recipe, pretrain
 
+    for pair in set_:
+        if pair.partition("=")[0] in ("seed", "unet_steps"):
+            raise SynthimgError(f"--set {pair}: use --{pair.partition('=')[0].replace('_', '-')} for that setting")
     try:
         recipe = Recipe(seed=seed, **({} if unet_steps is None else {"unet_steps": unet_steps})).override(set_)
     except ValueError as e:

@@ -176,10 +176,14 @@ def test_pretraining_runs_and_an_interrupted_unet_resumes_to_the_same_weights(sm
     from dataclasses import replace
 
     lines = []
-    pretrain(small_world, tmp_path / "a", replace(Recipe.quick(), unet_steps=3, unet_text_time=True), echo=lines.append)
+    switches = {"unet_text_time": True, "unet_prediction": "v_prediction", "unet_snr_gamma": 5.0}
+    pretrain(small_world, tmp_path / "a", replace(Recipe.quick(), unet_steps=3, **switches), echo=lines.append)
     assert "clip: done, kept" in lines and "vae: done, taken from the pipeline folder" in lines
     assert not any(line.startswith("vae step") for line in lines)
     assert "add_embedding.pool.q_proj.weight" in _unet_tensors(tmp_path / "a")  # the pooled caption path
+    # the pipeline samples what its UNet was trained to predict
+    scheduler_config = json.loads((tmp_path / "a" / SD_FOLDER / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler_config["prediction_type"] == "v_prediction"
 
     # the fidelity contract on these weights: the three keys, as many real images as generated, same classes
     from synthimg.tasks import get_task

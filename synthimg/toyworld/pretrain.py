@@ -52,6 +52,9 @@ def shipped_sd() -> Path:
     return WEIGHTS / SD_FOLDER
 
 
+PREDICTIONS = ("epsilon", "v_prediction")  # what the UNet may predict (diffusers' prediction_type)
+
+
 @dataclass
 class Recipe:
     """Every setting of the three stages; its hash names what a stage's output was made with."""
@@ -83,11 +86,23 @@ class Recipe:
         return cls(clip_steps=5, clip_batch=32, vae_steps=3, vae_batch=16, unet_steps=4, unet_batch=16,
                    unet_warmup=2, checkpoint_every=2, seed=seed)
 
+    def __post_init__(self) -> None:
+        import math
+
+        self.unet_snr_gamma = float(self.unet_snr_gamma)  # 5 and 5.0 are one recipe, with one hash
+        if self.unet_prediction not in PREDICTIONS:
+            raise ValueError(f"unet_prediction must be one of {', '.join(PREDICTIONS)}, not {self.unet_prediction!r}")
+        if not (math.isfinite(self.unet_snr_gamma) and self.unet_snr_gamma >= 0):
+            raise ValueError(f"unet_snr_gamma must be a finite number >= 0 (0: plain MSE), not {self.unet_snr_gamma}")
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.ema_decay < 1:
+            raise ValueError("caption_dropout and ema_decay must lie in [0, 1)")
+
     def override(self, pairs: list[str]) -> "Recipe":
-        """A copy with ``KEY=VALUE`` settings applied (tuples as ``48,96``); an unknown key is an error."""
+        """A copy with ``KEY=VALUE`` settings applied (tuples as ``48,96``); an unknown key or a
+        bad value is a ``ValueError`` of one line. Each value takes its field's declared type."""
         from dataclasses import fields, replace
 
-        types = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        types = {f.name: type(f.default) for f in fields(self)}
         changes: dict[str, Any] = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
@@ -102,7 +117,9 @@ class Recipe:
                 else:
                     changes[key] = kind(value)
             except (KeyError, ValueError):
-                raise ValueError(f"bad recipe setting {pair!r}: {key} takes a {kind.__name__}") from None
+                noun = {tuple: "a comma-separated list of ints", bool: "true or false", int: "an int", float: "a number",
+                        str: "a string"}[kind]
+                raise ValueError(f"bad recipe setting {pair!r}: {key} takes {noun}") from None
         return replace(self, **changes)
 
     def stage_hash(self, stage: str) -> str:
