@@ -10,6 +10,7 @@ from typing import Any
 CORE = [
     "synthimg", "torch", "torchvision", "open_clip_torch", "timm", "diffusers", "transformers",
     "webdataset", "img2dataset", "faiss-cpu", "pydantic", "typer", "rich", "pyarrow", "pandas", "numpy", "pillow",
+    "pyahocorasick", "numba",  # the substring scan: its one-pass matcher and its compiled byte loop
 ]
 # module name -> what it enables
 OPTIONAL = {
@@ -18,8 +19,6 @@ OPTIONAL = {
     "wandb": "wandb logging",
     "tensorboard": "TensorBoard logging",
     "clip_benchmark": "CLIP_benchmark templates and result tooling",
-    "ahocorasick": "one-pass substring retrieval (pyahocorasick)",
-    "numba": "the substring scan's compiled byte loop",
     "duckdb": "SQL over manifests and results",
     "matplotlib": "plots in reports",
     "torchmetrics": "FID/KID in reports",

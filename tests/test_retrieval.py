@@ -415,7 +415,7 @@ def test_a_corrupt_parquet_input_is_one_line_naming_it(tmp_path, capsys, content
 
 
 def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
-    """scan (numpy token prefixes and word compares, Matcher on the rest) == scan_python, row for row and in order."""
+    """scan (the compiled token-key pass and byte compares, Matcher on the rest) == scan_python, row for row and in order."""
     import random
 
     from synthimg.retrieval.substring import scan, scan_python
@@ -439,8 +439,8 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
         fast, slow = list(scan(task, str(path), batch_rows=100)), list(scan_python(task, str(path), batch_rows=100))
         assert len(slow) > 100, name
         assert fast == slow, name
-    # in this order: patterns cut across two captions, tokens longer than the 8-byte prefix, a
-    # pattern that ends the column (its 8-byte reads run into the padding)
+    # in this order: patterns cut across two captions, tokens longer than the 8-byte key, a
+    # pattern that ends the column (its compares must stop at the column's last byte)
     task = get_task("imagenet")
     caps = ["great white", "shark", "gold", "fish", "hippopotamuses", "hippopotamus", "american", "alligator",
             "americanalligator", "x great white shark", "the american alligator"]
@@ -448,6 +448,17 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
     fast, slow = list(scan(task, str(tmp_path / "cut.parquet"))), list(scan_python(task, str(tmp_path / "cut.parquet")))
     assert fast == slow and [r["caption"] for r in fast] == ["hippopotamus", "x great white shark",
                                                              "the american alligator"]
+    # more matches than the outputs first hold (rows + 1024): they grow, and nothing is lost
+    caps = ["goldfish tench " * 1500, "a tench", "goldfish"]
+    pd.DataFrame({"url": ["u0", "u1", "u2"], "caption": caps}).to_parquet(tmp_path / "many.parquet")
+    import pyarrow as pa
+
+    from synthimg.retrieval.substring import Matcher, Prefilter
+
+    rows, classes, _, left = Prefilter(Matcher(task)).run(pa.array(caps))
+    assert rows.tolist() == [0, 0, 1, 2] and left == []  # each class once per caption
+    fast, slow = list(scan(task, str(tmp_path / "many.parquet"))), list(scan_python(task, str(tmp_path / "many.parquet")))
+    assert fast == slow and len(fast) == 4
     # id columns (nulls and floats as str() writes them), a category column, and a null slot holding bytes
     import pyarrow as pa
 

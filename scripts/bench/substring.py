@@ -8,11 +8,11 @@ ImageNet class name) is scanned in the same run by:
 - **ours**: ``scan_tables``, the compiled pre-filter (one numba pass over each batch's caption bytes:
   8-byte token keys in a hash table, then byte compares) with Python's matcher only on the rows it cannot settle;
 - **previous**: ``scan_python``, the one-pass Aho-Corasick matcher on every caption (the
-  algorithm before this change), whose matches ours must reproduce row for row;
+  scan before any pre-filter existed), whose matches ours must reproduce row for row;
 - **naive**, on a sample: one word-boundary regex per class over every caption.
 
-Single process, so rows/s is per core; each scan runs ``--repeat`` times, interleaved, and
-its fastest pass counts. The last line is JSON.
+Single process, parquet decoded on the calling thread, so rows/s is per core; each scan
+runs ``--repeat`` times, interleaved, and its fastest pass counts. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -63,10 +63,10 @@ def main() -> None:
         ours = previous = 0.0
         for _ in range(args.repeat):  # interleaved, so drifts in the machine's speed hit both alike
             t = time.perf_counter()
-            tables = list(scan_tables(task, str(path)))
+            tables = list(scan_tables(task, str(path), threads=False))
             ours = max(ours, args.rows / (time.perf_counter() - t))
             t = time.perf_counter()
-            previous_rows = list(scan_python(task, str(path)))
+            previous_rows = list(scan_python(task, str(path), threads=False))
             previous = max(previous, args.rows / (time.perf_counter() - t))
     ours_rows = [r for tab in tables for r in tab.to_pylist()]
     key = ("upstream_id", "class_id", "query", "url", "caption")

@@ -217,10 +217,11 @@ def _columns(f: str, parquet: Any) -> tuple[list[str], str | None]:
     return extra, next((c for c in ("key", "uid", "id") if c in names), None)
 
 
-def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iterator[Any]:
+def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000, threads: bool = True) -> Iterator[Any]:
     """One Arrow table of matches per parquet batch (``class_id``, ``url``, ``caption``, ``query``,
     ``upstream_id``, ``NSFW``): the matches of :func:`scan_python`, in its order, computed by
-    :class:`Prefilter` with Python only on the rows it cannot settle."""
+    :class:`Prefilter` with Python only on the rows it cannot settle. ``threads=False`` decodes
+    the parquet on the calling thread only (benchmarks per core)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -233,7 +234,7 @@ def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
     for f in metadata_files(pattern):
         parquet = parquet_file(f)
         extra, id_col = _columns(f, parquet)
-        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra], use_threads=False)
+        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra], use_threads=threads)
         done = 0
         for batch in batches:
             caps = batch.column("caption")
@@ -260,13 +261,13 @@ def scan_tables(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
             done += batch.num_rows
 
 
-def scan(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iterator[dict[str, Any]]:
+def scan(task: TaskSpec, pattern: str, batch_rows: int = 200_000, threads: bool = True) -> Iterator[dict[str, Any]]:
     """Yield one candidate row per (caption, matching class), in metadata order (vectorised)."""
-    for table in scan_tables(task, pattern, batch_rows):
+    for table in scan_tables(task, pattern, batch_rows, threads):
         yield from table.to_pylist()
 
 
-def scan_python(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iterator[dict[str, Any]]:
+def scan_python(task: TaskSpec, pattern: str, batch_rows: int = 200_000, threads: bool = True) -> Iterator[dict[str, Any]]:
     """The one-pass scan with :class:`Matcher` on every caption: the reference :func:`scan` is held to."""
     from synthimg.data.parquet import iter_batches, parquet_file
 
@@ -274,7 +275,7 @@ def scan_python(task: TaskSpec, pattern: str, batch_rows: int = 200_000) -> Iter
     for f in metadata_files(pattern):
         parquet = parquet_file(f)
         extra, id_col = _columns(f, parquet)
-        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra], use_threads=False)
+        batches = iter_batches(f, parquet, batch_size=batch_rows, columns=["url", "caption", *extra], use_threads=threads)
         for i, batch in enumerate(batches):
             cols = batch.to_pydict()
             ids = cols[id_col] if id_col else None
