@@ -15,14 +15,16 @@ from synthimg.toyworld.pretrain import (
 )
 
 
-def test_the_default_recipe_names_the_shipped_weights_and_neutral_switches_keep_the_names():
+def test_the_default_recipe_names_the_shipped_weights_and_neutral_switches_keep_older_names():
     shipped = json.loads((WEIGHTS / STATS_FILE).read_text())
     recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in shipped["recipe"].items()})
+    assert recipe == Recipe()  # `synthimg toyworld pretrain` with no --set reproduces what ships
     for stage in ("clip", "vae", "unet"):
         assert recipe.stage_hash(stage) == shipped[stage]["hash"], stage
-    neutral = recipe.override(["unet_snr_gamma=0", "unet_prediction=epsilon", "unet_text_time=false"])
-    assert all(neutral.stage_hash(s) == recipe.stage_hash(s) for s in ("clip", "vae", "unet"))
-    changed = recipe.override(["unet_snr_gamma=5"])
+    # the UNet of 2026-12-02 (plain MSE, 9,000 steps, before the switches existed) keeps its name
+    older = recipe.override(["unet_snr_gamma=0", "unet_prediction=epsilon", "unet_text_time=false"])
+    assert older.override(["unet_steps=9000"]).stage_hash("unet") == "ada09345e5fd"
+    changed = recipe.override(["unet_snr_gamma=2"])
     assert changed.stage_hash("clip") == recipe.stage_hash("clip") and changed.stage_hash("vae") == recipe.stage_hash("vae")
     assert changed.stage_hash("unet") != recipe.stage_hash("unet")
     assert Recipe(unet_snr_gamma=5).stage_hash("unet") == Recipe(unet_snr_gamma=5.0).stage_hash("unet")

@@ -8,7 +8,7 @@ noise and timesteps come from ``(seed, step)``):
   of open_clip (``open_clip.loss.ClipLoss``) on upstream (image, caption) pairs.
 - **vae**: a diffusers ``AutoencoderKL`` with an 8x8x8 latent (f=4), trained to reconstruct.
 - **unet**: a ``UNet2DConditionModel`` with text cross-attention at both resolutions, trained
-  with the standard noise-prediction objective, conditioned like Stable Diffusion on a
+  with the standard noise-prediction objective (Min-SNR-gamma weighted), conditioned like Stable Diffusion on a
   *frozen CLIP text encoder trained on the same upstream*: the toy CLIP's text tower,
   converted to ``transformers``' ``CLIPTextModel`` (:mod:`synthimg.models.clip_text`) with
   OpenAI CLIP's tokenizer. Captions are dropped 15% of the time for classifier-free guidance,
@@ -67,14 +67,14 @@ class Recipe:
     vae_lr: float = 1e-3
     vae_channels: tuple[int, ...] = (32, 64, 64)
     vae_latent: int = 8
-    unet_steps: int = 9000
+    unet_steps: int = 11000
     unet_batch: int = 64
     unet_lr: float = 5e-4
     unet_warmup: int = 200
     unet_channels: tuple[int, ...] = (48, 96)
     unet_text_time: bool = False  # also add the attention-pooled caption to the timestep embedding (FiLM)
     unet_prediction: str = "epsilon"  # what the UNet predicts: "epsilon" (SD 1.5) or "v_prediction" (SD 2)
-    unet_snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is theirs); 0: plain MSE
+    unet_snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting (Hang et al. 2023; 5, theirs, is shipped); 0: plain MSE
     caption_dropout: float = 0.15
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
