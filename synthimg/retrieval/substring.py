@@ -106,11 +106,12 @@ class Prefilter:
 
     A pattern matches on word boundaries, so on an ASCII caption it starts at a token (a maximal
     run of ``[a-z0-9]`` after lower-casing, exactly what ``str.isalnum`` sees there) and ends
-    where one ends. One numba pass over the column's bytes (:func:`scan_kernel.scan`) reads
-    each token's first eight bytes as one integer; a small hash table keeps the tokens that
-    begin a pattern, and each pattern they begin is compared byte for byte and
-    must end on a boundary inside its caption. The matches come out in :class:`Matcher`'s
-    order (by end, the longest first, each class once per caption).
+    where one ends. One numba pass over the column's bytes (:func:`scan_kernel.scan`), eight
+    at a time, finds every token start and its first eight bytes as one integer; a 2^16-bit
+    filter and then a small hash table keep the tokens that begin a pattern, and each pattern
+    they begin is compared (its first eight bytes as one integer, then byte for byte) and must
+    end on a boundary inside its caption. The matches come out in :class:`Matcher`'s order
+    (by end, the longest first, each class once per caption), sorted inside the pass.
 
     Rows go to :class:`Matcher` when these rules do not hold: non-ASCII captions (Unicode case
     and ``isalnum``), patterns that end in a separator (``conv.``), and every candidate row of
@@ -143,6 +144,7 @@ class Prefilter:
         keys, self.key_lo, self.key_count = np.unique(np.asarray([q[0] for q in patterns], np.uint64),
                                                       return_index=True, return_counts=True)
         self.table, self.where = scan_kernel.key_table(keys)
+        self.bits = scan_kernel.key_filter(keys)
         self.body_len = np.asarray([len(q[1]) for q in patterns], np.int64)
         self.body_start = np.cumsum(self.body_len) - self.body_len
         self.body = np.frombuffer(b"".join(q[1] for q in patterns) or b"\0", np.uint8)
@@ -151,10 +153,12 @@ class Prefilter:
         counts = np.asarray([0] + [len(q[3]) for q in patterns], np.int64)
         self.owner_start = np.cumsum(counts)
         self.owner_class = np.asarray([c for q in patterns for c in q[3]], np.int64)
+        self.head, self.head_mask = scan_kernel.heads(self.body, self.body_start, self.body_len)
+        self.follow = scan_kernel.follows(self.key_lo, self.key_count, self.body, self.body_start, self.body_len)
 
     def run(self, captions: Any) -> tuple[Any, Any, Any, list[int]]:
-        """Matches of one Arrow string column: (row, class, pattern index) arrays in scan order,
-        and the rows left to :class:`Matcher` (whose matches are not in the arrays)."""
+        """Matches of one Arrow string column: (row, class, pattern index) arrays in Matcher's
+        order, and the rows left to :class:`Matcher` (whose matches are not in the arrays)."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -174,39 +178,30 @@ class Prefilter:
             return empty, empty, empty, np.flatnonzero(present).tolist()
         offsets = np.frombuffer(col.buffers()[1], np.int32)[col.offset : col.offset + rows + 1]
         data = np.frombuffer(col.buffers()[2], np.uint8) if col.buffers()[2] is not None else np.zeros(1, np.uint8)
+        first, last = int(offsets[0]), int(offsets[-1])
+        scratch = self.kernel.scratch()
+        words = scratch.words(data, first, last)
+        offs = scratch.get("offs", rows + 2, np.int64)  # from 0, with a sentinel past the end
+        np.subtract(offsets, first, out=offs[:-1])
+        offs[-1] = 1 << 62
+        python_rows = scratch.get("python_rows", rows, np.bool_)
         size = rows + 1024
         while True:  # the outputs grow until every match fits (one pass in practice)
-            python_rows = np.zeros(rows, np.bool_)
-            match_row, end, which = np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.int64)
-            count = self.kernel.scan(data, offsets, present, self.table, self.where, self.key_lo, self.key_count,
-                                     self.body, self.body_start, self.body_len, match_row, end, which, python_rows)
+            python_rows[:] = False
+            out_row, out_class, out_pat = (scratch.get(name, size, np.int64) for name in ("row", "class", "pat"))
+            count = self.kernel.scan(words.view(np.uint8), words, offs, present, self.bits, self.table, self.where,
+                                     self.key_lo, self.key_count, self.body, self.body_start, self.body_len,
+                                     self.follow, self.n_chars, self.odd, self.head, self.head_mask, self.owner_start,
+                                     self.owner_class, out_row, out_class, out_pat, python_rows, *scratch.candidates())
             if count >= 0:
                 break
             size *= 4
-        match_row, end, which = match_row[:count], end[:count], which[:count]
+        out_row, out_class, out_pat = out_row[:count], out_class[:count], out_pat[:count]
         if not self.exact:
-            python_rows[match_row] = True
+            python_rows[out_row] = True
             return empty, empty, empty, np.flatnonzero(python_rows).tolist()
-        python_rows[match_row[self.odd[which]]] = True
-        keep = ~python_rows[match_row]
-        end, which, match_row = end[keep], which[keep], match_row[keep]
-        # Matcher's order: by end, the longest pattern first; then every owner class, once per row
-        order = np.lexsort((-self.n_chars[which], end))
-        which, match_row = which[order], match_row[order]
-        n_own = self.owner_start[which + 1] - self.owner_start[which]
-        slot = _ranges(self.owner_start[which], n_own)
-        m_rows, m_pat, m_class = np.repeat(match_row, n_own), np.repeat(which, n_own), self.owner_class[slot]
-        _, first = np.unique(m_rows * (int(self.owner_class.max(initial=0)) + 1) + m_class, return_index=True)
-        first.sort()
-        return m_rows[first], m_class[first], m_pat[first], np.flatnonzero(python_rows).tolist()
-
-
-def _ranges(start: Any, count: Any) -> Any:
-    """``start[i], start[i] + 1, ..., start[i] + count[i] - 1`` for every i, concatenated."""
-    import numpy as np
-
-    total = int(count.sum())
-    return np.repeat(start - (np.cumsum(count) - count), count) + np.arange(total)
+        keep = ~python_rows[out_row]  # the rows Matcher settles, whole
+        return out_row[keep], out_class[keep], out_pat[keep], np.flatnonzero(python_rows).tolist()
 
 
 def _columns(f: str, parquet: Any) -> tuple[list[str], str | None]:
