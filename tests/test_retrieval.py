@@ -476,6 +476,30 @@ def test_vectorised_substring_scan_matches_the_one_pass_matcher(tmp_path):
     assert len(rows) == 0 and slow_rows == []
 
 
+def test_compiled_scan_matches_the_one_pass_matcher_on_random_captions_of_every_task(tmp_path):
+    """Random glue of class names, letters, digits, punctuation and non-ASCII around 8-byte word
+    boundaries: scan == scan_python for every task, at a small and the default batch size."""
+    import random
+
+    from synthimg.retrieval.substring import scan, scan_python
+    from synthimg.tasks import list_tasks
+
+    rng = random.Random(3)
+    for name in list_tasks():
+        task = get_task(name)
+        pieces = [*"abcxyzABCXYZ0189 -.,'\t", "é", "  ", *task.classnames[:40], *(c.upper() for c in task.classnames[:5]),
+                  "red", "great", "flower", "texture", "pattern"]
+        caps = [None if rng.random() < 0.03 else
+                "".join(rng.choice(pieces) + rng.choice(["", " ", "-"]) for _ in range(rng.randint(0, 9)))
+                for _ in range(700)]
+        path = tmp_path / f"{name}.parquet"
+        pd.DataFrame({"url": [f"u{i}" for i in range(len(caps))], "caption": caps}).to_parquet(path, row_group_size=333)
+        slow = list(scan_python(task, str(path)))
+        assert len(slow) > 5, name  # DTD matches need "texture", "pattern"
+        for batch_rows in (97, 200_000):
+            assert list(scan(task, str(path), batch_rows=batch_rows)) == slow, (name, batch_rows)
+
+
 @pytest.mark.slow
 def test_download_fills_quotas_in_candidate_order_whatever_order_img2dataset_finishes(tmp_path, monkeypatch):
     """img2dataset's threads finish in any order; with over-request the kept images must not depend on it."""

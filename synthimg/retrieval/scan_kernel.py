@@ -3,13 +3,13 @@
 A module of its own so that :mod:`synthimg.retrieval.substring` imports numba only when a
 scan runs. The kernel compiles on first use and is cached beside this file (``cache=True``).
 
-The pass reads the column eight bytes at a time. Each 64-bit word is classified in a dozen
-integer operations (SWAR: which bytes are ASCII letters or digits, the lower-cased word, which
-bytes start a caption), which gives the word's token starts as bits; each start's token key
-(its first <= 8 lower-cased bytes) comes from two neighbouring words by shifts, without a
-loop over the token's bytes, and goes through a 2^16-bit filter of the patterns' keys without
-a branch. Only the starts that pass (those whose first token begins some pattern) reach the
-hash table and the pattern compares.
+The pass reads the column eight bytes at a time. Each 64-bit word is classified in about
+eighteen integer operations (SWAR: which bytes are ASCII letters or digits, the lower-cased
+word); with a mask of the bytes that start a caption (from the offsets) that gives the word's
+token starts as bits. Each start's token key (its first <= 8 lower-cased bytes) comes from two
+neighbouring words by shifts and masks, without a loop over the token's bytes, and goes
+through a 2^16-bit filter of the patterns' keys without a branch. Only the starts that pass
+(those whose first token begins some pattern) reach the hash table and the pattern compares.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ class Scratch:
 
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
+        self._grown = 0  # the output size a batch last needed, when more than its rows + 1024
 
     def get(self, name: str, size: int, dtype: type) -> np.ndarray:
         """An uninitialised array of ``size`` items, the same memory as last time where it fits."""
@@ -113,6 +114,13 @@ class Scratch:
         """The starts that pass the filter in one chunk: positions, keys, 8-byte windows."""
         size = 8 * CHUNK + 8
         return self.get("cand_pos", size, np.int64), self.get("cand_key", size, np.uint64), self.get("cand_win", size, np.uint64)
+
+    def output_size(self, rows: int) -> int:
+        """Where the outputs start for a batch of ``rows``: at least the size the last batch grew to."""
+        return max(rows + 1024, self._grown)
+
+    def grew_to(self, size: int) -> None:
+        self._grown = size
 
 
 _LOCAL = threading.local()
@@ -220,6 +228,7 @@ def scan(data, words, offs, present, bits, table, where, key_lo, key_count, body
     seg_pat = np.empty(64, np.int64)
     n_seg, seg_row = 0, -1
     nb = 0  # the next caption start not yet turned into a bit
+    flagged_end = 0  # the end of the last caption found to hold a byte >= 128
     r = 0  # the caption of the start being settled
     x = words[0]
     a, low, high = _classify(x)
@@ -245,16 +254,15 @@ def scan(data, words, offs, present, bits, table, where, key_lo, key_count, body
             if high != 0:  # bytes >= 128: Unicode case and isalnum are Matcher's to settle
                 for o in range(8):
                     p = 8 * k + o
-                    if (x >> np.uint64(8 * o + 7)) & np.uint64(1) and p < nbytes:
-                        lo, hi = 0, nrows  # the caption of byte p: offs[lo] <= p < offs[lo + 1]
+                    if (x >> np.uint64(8 * o + 7)) & np.uint64(1) and p >= flagged_end:
+                        lo, hi = 0, nrows  # the caption of byte p: the last lo with offs[lo] <= p
                         while hi - lo > 1:
                             mid = (lo + hi) // 2
                             if offs[mid] <= p:
                                 lo = mid
                             else:
                                 hi = mid
-                        while lo + 1 < nrows and offs[lo + 1] <= p:
-                            lo += 1
+                        flagged_end = offs[lo + 1]  # its other bytes >= 128 need no search
                         if present[lo]:
                             python_rows[lo] = True
             s = a & (~((a << np.uint64(8)) | (prev_a >> np.uint64(56))) | starts)  # token starts

@@ -185,7 +185,7 @@ class Prefilter:
         np.subtract(offsets, first, out=offs[:-1])
         offs[-1] = 1 << 62
         python_rows = scratch.get("python_rows", rows, np.bool_)
-        size = rows + 1024
+        size = scratch.output_size(rows)
         while True:  # the outputs grow until every match fits (one pass in practice)
             python_rows[:] = False
             out_row, out_class, out_pat = (scratch.get(name, size, np.int64) for name in ("row", "class", "pat"))
@@ -196,6 +196,7 @@ class Prefilter:
             if count >= 0:
                 break
             size *= 4
+            scratch.grew_to(size)
         out_row, out_class, out_pat = out_row[:count], out_class[:count], out_pat[:count]
         if not self.exact:
             python_rows[out_row] = True
