@@ -34,13 +34,18 @@ _C46 = np.uint64(0x4646464646464646)
 _TOP = np.uint64(1 << 63)
 
 
+def _slot(key: int, bits: int) -> int:
+    """The top ``bits`` bits of ``key * MIX`` (mod 2^64), as :func:`scan` computes them."""
+    return ((int(key) * int(MIX)) % (1 << 64)) >> (64 - bits)
+
+
 def key_table(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """An open-addressing hash table of the (nonzero, distinct) 8-byte keys, at most 1/4 full:
     (table keys, 0 where empty; each one's index in ``keys``), probed as :func:`scan` probes it."""
     bits = max(4, int(len(keys) * 4 - 1).bit_length())
     table, where = np.zeros(1 << bits, np.uint64), np.full(1 << bits, -1, np.int64)
     for index, key in enumerate(keys.astype(np.uint64)):
-        slot = ((int(key) * int(MIX)) % (1 << 64)) >> (64 - bits)
+        slot = _slot(key, bits)
         while table[slot]:
             slot = (slot + 1) & ((1 << bits) - 1)
         table[slot], where[slot] = key, index
@@ -51,7 +56,7 @@ def key_filter(keys: np.ndarray) -> np.ndarray:
     """The keys as bits of a 2^16-bit filter (64-bit words), as :func:`scan` tests them."""
     bits = np.zeros(1 << (FILTER_BITS - 6), np.uint64)
     for key in keys.astype(np.uint64):
-        h = ((int(key) * int(MIX)) % (1 << 64)) >> (64 - FILTER_BITS)
+        h = _slot(key, FILTER_BITS)
         bits[h >> 6] |= np.uint64(1) << np.uint64(h & 63)
     return bits
 
@@ -195,14 +200,14 @@ def _settle(seg_row, seg_end, seg_len, seg_pat, n, owner_start, owner_class, out
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def scan(data, words, offs, present, bits, table, where, key_lo, key_count, body, body_start, body_len,  # noqa: ANN001
+def scan(words, offs, present, bits, table, where, key_lo, key_count, body, body_start, body_len,  # noqa: ANN001
          follow, n_chars, odd, head, head_mask, owner_start, owner_class, out_row, out_class, out_pat, python_rows,  # noqa: ANN001
          cand_pos, cand_key, cand_win):  # noqa: ANN001, ANN201
     """Matches of the patterns on word boundaries in every present ASCII caption.
 
-    ``data`` holds the captions' bytes from 0 (``offs``: each caption's start, then the end,
-    then a sentinel >= 2^62) and ``words`` the same bytes as :meth:`Scratch.words` gives them;
-    ``cand_*`` are :meth:`Scratch.candidates`.
+    ``words`` holds the captions' bytes from 0 as :meth:`Scratch.words` gives them (``offs``:
+    each caption's start, then the end, then a sentinel >= 2^62); ``cand_*`` are
+    :meth:`Scratch.candidates`.
     For each token (a maximal run of ``[a-z0-9]`` after ASCII lower-casing, inside one caption)
     the key is its first <= 8 bytes; a key that passes the filter ``bits`` and is found in
     the hash table (:func:`key_table`) is tried against each pattern it starts (``key_lo``,
@@ -213,6 +218,7 @@ def scan(data, words, offs, present, bits, table, where, key_lo, key_count, body
     sets ``python_rows`` (its matches are still written: the caller drops them). Returns the
     number of outputs, or -1 when they are too small (nothing is written past them).
     """
+    data = words.view(np.uint8)
     count = 0
     mask = len(table) - 1
     nbits = 0

@@ -189,7 +189,7 @@ class Prefilter:
         while True:  # the outputs grow until every match fits (one pass in practice)
             python_rows[:] = False
             out_row, out_class, out_pat = (scratch.get(name, size, np.int64) for name in ("row", "class", "pat"))
-            count = self.kernel.scan(words.view(np.uint8), words, offs, present, self.bits, self.table, self.where,
+            count = self.kernel.scan(words, offs, present, self.bits, self.table, self.where,
                                      self.key_lo, self.key_count, self.body, self.body_start, self.body_len,
                                      self.follow, self.n_chars, self.odd, self.head, self.head_mask, self.owner_start,
                                      self.owner_class, out_row, out_class, out_pat, python_rows, *scratch.candidates())
